@@ -1,0 +1,182 @@
+//! The admin surface (spec §4), on its own listener: `/metrics`, `/healthz`, `/readyz` stay open
+//! for scrapers and probes; `/admin/*` needs the bearer token when `admin_token_file` is set,
+//! compared in constant time.
+
+mod views;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::config::reload::Reloader;
+use crate::lifecycle::Readiness;
+use crate::metrics::Metrics;
+use crate::pins::{PinStore, ReleaseReason, Store};
+use crate::snapshot::Live;
+use crate::upstream::Upstreams;
+
+pub struct Admin {
+    pub live: Live,
+    pub upstreams: Arc<Upstreams>,
+    pub pins: Store,
+    pub metrics: Metrics,
+    pub reloader: Arc<Reloader>,
+    pub readiness: Arc<Readiness>,
+}
+
+pub type AdminBody = Full<Bytes>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<AdminBody> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<AdminBody> {
+    respond(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
+}
+
+fn error(status: StatusCode, msg: &str) -> Response<AdminBody> {
+    json(status, &serde_json::json!({ "error": msg }))
+}
+
+/// Constant-time comparison: the time taken does not depend on where the inputs differ.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+impl Admin {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<AdminBody> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/metrics") => return respond(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.encode()),
+            (&Method::GET, "/healthz") => return respond(StatusCode::OK, "text/plain", "ok\n"),
+            (&Method::GET, "/readyz") => {
+                return if self.readiness.is_ready() {
+                    respond(StatusCode::OK, "text/plain", "ready\n")
+                } else {
+                    respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
+                };
+            }
+            _ => {}
+        }
+        if !path.starts_with("/admin/") {
+            return error(StatusCode::NOT_FOUND, "no such admin path");
+        }
+        if let Some(token) = self.live.load().admin_token.clone() {
+            let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            if !presented.is_some_and(|p| ct_eq(p.trim().as_bytes(), token.as_bytes())) {
+                let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+        match (&method, path.as_str()) {
+            (&Method::GET, "/admin/config") => json(StatusCode::OK, &views::config(&self)),
+            (&Method::POST, "/admin/reload") => match self.reloader.reload("admin").await {
+                Ok(g) => json(StatusCode::OK, &serde_json::json!({ "generation": g })),
+                Err(errs) => {
+                    let list: Vec<_> = errs.0.iter().map(|e| serde_json::json!({"line": e.line, "column": e.column, "path": e.path, "message": e.message})).collect();
+                    json(StatusCode::UNPROCESSABLE_ENTITY, &serde_json::json!({ "errors": list }))
+                }
+            },
+            (&Method::GET, "/admin/explain") => views::explain(&self, req.uri().query().unwrap_or("")).await,
+            (m, p) if p.starts_with("/admin/pins/") => {
+                let userid = percent_decode(&p["/admin/pins/".len()..]);
+                if userid.is_empty() {
+                    return error(StatusCode::BAD_REQUEST, "no userid in the path");
+                }
+                match *m {
+                    Method::GET => match self.pins.peek(&userid).await {
+                        Some(pin) => json(StatusCode::OK, &views::pin(&userid, &pin)),
+                        None => error(StatusCode::NOT_FOUND, "no pin for that userid"),
+                    },
+                    Method::DELETE => {
+                        if self.pins.release(&userid, ReleaseReason::Admin).await {
+                            tracing::info!(userid = %crate::protocol::Masked(&userid), "pin released by admin");
+                        }
+                        respond(StatusCode::NO_CONTENT, "application/json", Bytes::new())
+                    }
+                    _ => {
+                        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "GET or DELETE");
+                        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, DELETE"));
+                        r
+                    }
+                }
+            }
+            (_, "/admin/config" | "/admin/reload" | "/admin/explain") => error(StatusCode::METHOD_NOT_ALLOWED, "wrong method for this path"),
+            _ => error(StatusCode::NOT_FOUND, "no such admin path"),
+        }
+    }
+}
+
+/// Decode `%XX` escapes (and `+` as space in queries).
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Query string pairs, decoded.
+pub fn query_pairs(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(&k.replace('+', " ")), percent_decode(&v.replace('+', " ")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret2"));
+        assert!(!ct_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn decoding() {
+        assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(query_pairs("vdn=101&userid=a%2Bb"), vec![("vdn".into(), "101".into()), ("userid".into(), "a+b".into())]);
+    }
+}

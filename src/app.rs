@@ -1,0 +1,213 @@
+//! The composition root: build every part from a config file, run the listeners, shut down.
+//!
+//! `App::start` loads and publishes generation 1 (pools reconciled, embedded backends started,
+//! pins restored from the snapshot file); `App::run` takes already-bound listeners (tests bind
+//! port 0) and returns when shutdown has drained them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+
+use crate::admin::Admin;
+use crate::config::reload::Reloader;
+use crate::lifecycle::{Readiness, Shutdown};
+use crate::listener::{self, tls::TlsAcceptor, ListenOptions};
+use crate::located::LocatedErrors;
+use crate::metrics::Metrics;
+use crate::pins::memory::MemoryStore;
+use crate::pins::Store;
+use crate::proxy::{Peer, Proxy};
+use crate::snapshot::{Live, StoreSpec};
+use crate::upstream::Upstreams;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(LocatedErrors),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct App {
+    pub live: Live,
+    pub upstreams: Arc<Upstreams>,
+    pub pins: Store,
+    pub metrics: Metrics,
+    pub reloader: Arc<Reloader>,
+    pub readiness: Arc<Readiness>,
+    pub shutdown: Shutdown,
+    pub proxy: Arc<Proxy>,
+    pub admin: Arc<Admin>,
+    tls: Option<Arc<TlsAcceptor>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Options that are not in the config file.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Watch the config directory for changes.
+    pub watch: bool,
+    /// Reload on SIGHUP.
+    pub sighup: bool,
+    pub debounce: Duration,
+    /// How often expired pins and empty retired clusters are swept.
+    pub sweep_every: Duration,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions { watch: true, sighup: true, debounce: Duration::from_millis(200), sweep_every: Duration::from_secs(1) }
+    }
+}
+
+impl App {
+    pub async fn start(path: &Path, opts: StartOptions) -> Result<App, StartError> {
+        let p = path.to_path_buf();
+        let mut snap = tokio::task::spawn_blocking(move || crate::config::load(&p))
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))?
+            .map_err(StartError::Config)?;
+        let metrics = Metrics::new();
+        let upstreams = Arc::new(Upstreams::new(metrics.clone()));
+        let specs: Vec<_> = snap.clusters.iter().map(|c| (c.name.clone(), c.spec.clone())).collect();
+        snap.pools = upstreams.reconcile(&specs).await.map_err(StartError::Other)?;
+        snap.generation = 1;
+        let tls = match &snap.tls {
+            Some(t) => Some(Arc::new(TlsAcceptor::new(t).map_err(StartError::Other)?)),
+            None => None,
+        };
+        let pins = match &snap.store {
+            StoreSpec::Memory { snapshot } => {
+                let m = MemoryStore::new(metrics.clone());
+                if let Some(file) = snapshot {
+                    match m.load(file) {
+                        Ok((n, skipped)) => tracing::info!(file = %file.display(), restored = n, skipped, "pins restored"),
+                        Err(e) => tracing::error!(file = %file.display(), error = %e, "could not read the pin snapshot; starting empty"),
+                    }
+                }
+                Store::Memory(m)
+            }
+            StoreSpec::Redis { url, .. } => {
+                return Err(StartError::Other(format!("pins.store `{url}`: the Redis store is not available in this build")));
+            }
+        };
+        metrics.reload(true, Some(1));
+        let live: Live = Arc::new(ArcSwap::from_pointee(snap));
+        let reloader = Reloader::new(path.to_path_buf(), live.clone(), upstreams.clone(), metrics.clone());
+        if let Some(acceptor) = &tls {
+            let acceptor = acceptor.clone();
+            reloader.on_publish(Box::new(move |s| {
+                if let Some(t) = &s.tls {
+                    acceptor.reload(t);
+                }
+            }));
+        }
+        let readiness = Arc::new(Readiness::default());
+        readiness.set_config_loaded();
+        let proxy = Proxy::new(live.clone(), upstreams.clone(), pins.clone(), metrics.clone());
+        let admin = Arc::new(Admin {
+            live: live.clone(),
+            upstreams: upstreams.clone(),
+            pins: pins.clone(),
+            metrics: metrics.clone(),
+            reloader: reloader.clone(),
+            readiness: readiness.clone(),
+        });
+        let mut tasks = Vec::new();
+        if opts.watch {
+            match reloader.spawn_watch(opts.debounce) {
+                Ok(h) => tasks.push(h),
+                Err(e) => tracing::warn!(error = %e, "cannot watch the config directory; reload with SIGHUP or POST /admin/reload"),
+            }
+        }
+        #[cfg(unix)]
+        if opts.sighup {
+            match reloader.spawn_sighup() {
+                Ok(h) => tasks.push(h),
+                Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+            }
+        }
+        match &pins {
+            Store::Memory(m) => tasks.push(m.spawn_sweeper(opts.sweep_every)),
+        }
+        {
+            let (live, upstreams) = (live.clone(), upstreams.clone());
+            let every = opts.sweep_every;
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    upstreams.drop_empty_retired(&live.load().cluster_ids());
+                }
+            }));
+        }
+        Ok(App { live, upstreams, pins, metrics, reloader, readiness, shutdown: Shutdown::new(), proxy, admin, tls, tasks })
+    }
+
+    /// Bind the addresses of the config.
+    pub async fn bind(&self) -> std::io::Result<(TcpListener, TcpListener)> {
+        let s = self.live.load();
+        let dialog = TcpListener::bind(s.listen).await.map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", s.listen)))?;
+        let admin = TcpListener::bind(s.admin).await.map_err(|e| std::io::Error::new(e.kind(), format!("admin {}: {e}", s.admin)))?;
+        Ok((dialog, admin))
+    }
+
+    /// Serve until shutdown, then drain and save pins.
+    pub async fn run(self, dialog: TcpListener, admin: TcpListener) {
+        let snap = self.live.load_full();
+        let grace = snap.limits.request_timeout + Duration::from_secs(1);
+        let dialog_addr: Option<SocketAddr> = dialog.local_addr().ok();
+        let admin_addr: Option<SocketAddr> = admin.local_addr().ok();
+        let dialog_opts = ListenOptions {
+            name: "dialog",
+            max_connections: snap.limits.max_connections as usize,
+            header_read_timeout: snap.limits.header_read_timeout,
+            grace,
+            tls: self.tls.clone(),
+        };
+        let admin_opts = ListenOptions { name: "admin", max_connections: 256, header_read_timeout: Duration::from_secs(10), grace, tls: None };
+        let proxy = self.proxy.clone();
+        let d = tokio::spawn(listener::serve(dialog, dialog_opts, self.metrics.clone(), self.shutdown.clone(), move |req, addr, https| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(req, Peer { addr, https }).await }
+        }));
+        let admin_svc = self.admin.clone();
+        let a = tokio::spawn(listener::serve(admin, admin_opts, self.metrics.clone(), self.shutdown.clone(), move |req, _addr, _https| {
+            let admin = admin_svc.clone();
+            async move { admin.handle(req).await }
+        }));
+        self.readiness.set_listening();
+        tracing::info!(dialog = ?dialog_addr, admin = ?admin_addr, generation = snap.generation, "graygate listening");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        self.shutdown.wait().await;
+        self.readiness.set_shutting_down();
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining in-flight requests");
+        let _ = d.await;
+        let _ = a.await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.save_pins();
+        tracing::info!("shutdown complete");
+    }
+
+    /// Write the pin table to `pins.snapshot` (memory store).
+    pub fn save_pins(&self) {
+        if let (Store::Memory(m), StoreSpec::Memory { snapshot: Some(file) }) = (&self.pins, &self.live.load().store) {
+            match m.save(file) {
+                Ok(n) => tracing::info!(file = %file.display(), pins = n, "pins saved"),
+                Err(e) => tracing::error!(file = %file.display(), error = %e, "could not save pins"),
+            }
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.reloader.path.clone()
+    }
+}

@@ -1,0 +1,451 @@
+//! `RoutesFile` → `Snapshot`: defaults filled in, names resolved, indexes built, every
+//! cross-reference checked. All errors are collected, each with the key path it concerns,
+//! resolved to `line:column` in the file's text.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::raw::{self, RoutesFile};
+use crate::located::{Located, LocatedErrors};
+use crate::pins::names;
+use crate::pins::{OrphanPolicy, PinPolicy};
+use crate::probe::ProbeSpec;
+use crate::router::split::Split;
+use crate::router::{Routing, Rule, Target, UseridMatch};
+use crate::snapshot::{ClusterEntry, Limits, ListenerTls, Snapshot, StoreSpec};
+use crate::upstream::{Balance, ClusterSpec, EmbeddedSpec, HealthSpec, OutlierSpec, TlsSpec};
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    base: &'a Path,
+    errors: LocatedErrors,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: &str, msg: impl Into<String>) {
+        self.errors.push(Located::at_path(self.file, self.text, path, msg));
+    }
+
+    /// Resolve a file named in the config relative to the config's directory.
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn check_file(&mut self, path: &str, p: &str) -> PathBuf {
+        let full = self.resolve(p);
+        if let Err(e) = std::fs::metadata(&full) {
+            self.err(path, format!("cannot read `{}`: {e}", full.display()));
+        }
+        full
+    }
+}
+
+fn positive(ctx: &mut Ctx, path: &str, d: Option<Duration>, default: Duration) -> Duration {
+    let d = d.unwrap_or(default);
+    if d.is_zero() {
+        ctx.err(path, "must be longer than 0");
+    }
+    d
+}
+
+/// Compile a parsed file. `file` names it in errors; `text` is its content (for positions).
+pub fn compile(rf: RoutesFile, file: &str, text: &str, config_path: &Path) -> Result<Snapshot, LocatedErrors> {
+    let base = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut ctx = Ctx { file, text, base: &base, errors: LocatedErrors::default() };
+
+    let listen = parse_addr(&mut ctx, "listen", rf.listen.as_deref().unwrap_or("0.0.0.0:8080"));
+    let admin = parse_addr(&mut ctx, "admin", rf.admin.as_deref().unwrap_or("127.0.0.1:9090"));
+    let tls = rf.tls.as_ref().map(|t| ListenerTls {
+        cert: ctx.check_file("tls.cert", &t.cert),
+        key: ctx.check_file("tls.key", &t.key),
+        client_ca: t.client_ca.as_ref().map(|c| ctx.check_file("tls.client_ca", c)),
+    });
+    let admin_token = rf.admin_token_file.as_ref().and_then(|f| {
+        let full = ctx.resolve(f);
+        match std::fs::read_to_string(&full) {
+            Ok(t) if !t.trim().is_empty() => Some(Arc::from(t.trim())),
+            Ok(_) => {
+                ctx.err("admin_token_file", format!("`{}` is empty", full.display()));
+                None
+            }
+            Err(e) => {
+                ctx.err("admin_token_file", format!("cannot read `{}`: {e}", full.display()));
+                None
+            }
+        }
+    });
+
+    let limits = compile_limits(&mut ctx, rf.limits.as_ref());
+    let (pins, store) = compile_pins(&mut ctx, rf.pins.as_ref());
+
+    // Clusters, in name order (BTreeMap), indexed 0..n.
+    if rf.clusters.is_empty() {
+        ctx.err("clusters", "at least one cluster is needed");
+    }
+    let names_list: Vec<Arc<str>> = rf.clusters.keys().map(|k| Arc::from(k.as_str())).collect();
+    let index_of = |n: &str| names_list.iter().position(|c| &**c == n);
+    let mut clusters = Vec::new();
+    for (name, rc) in &rf.clusters {
+        let spec = compile_cluster(&mut ctx, name, rc);
+        clusters.push(ClusterEntry { name: Arc::from(name.as_str()), id: names::intern(name), spec });
+    }
+    // Fallbacks: must exist, not self, no cycles.
+    let mut fallback = vec![None; clusters.len()];
+    for (i, c) in clusters.iter().enumerate() {
+        if let Some(fb) = &c.spec.fallback {
+            let path = format!("clusters.{}.fallback", c.name);
+            match index_of(fb) {
+                None => ctx.err(&path, format!("unknown cluster `{fb}`")),
+                Some(j) if j == i => ctx.err(&path, "a cluster cannot fall back to itself"),
+                Some(j) => fallback[i] = Some(j),
+            }
+        }
+    }
+    for start in 0..clusters.len() {
+        let mut seen = vec![start];
+        let mut cur = start;
+        while let Some(next) = fallback[cur] {
+            if seen.contains(&next) {
+                if next == start {
+                    let chain: Vec<&str> = seen.iter().map(|&k| &*clusters[k].name).collect();
+                    ctx.err(&format!("clusters.{}.fallback", clusters[start].name), format!("fallback cycle: {} -> {}", chain.join(" -> "), clusters[start].name));
+                }
+                break;
+            }
+            seen.push(next);
+            cur = next;
+        }
+    }
+
+    // Rules.
+    let mut probe = ProbeSpec::new();
+    let mut rules = Vec::new();
+    let mut seen_names: HashSet<&str> = HashSet::new();
+    for (i, r) in rf.rules.iter().enumerate() {
+        let at = |k: &str| format!("rules[{i}].{k}");
+        if r.name.trim().is_empty() {
+            ctx.err(&at("name"), "a rule needs a name");
+        } else if r.name == "default" || r.name == "-" {
+            ctx.err(&at("name"), format!("`{}` is reserved (it labels calls that no rule matched)", r.name));
+        } else if !seen_names.insert(&r.name) {
+            ctx.err(&at("name"), format!("duplicate rule name `{}`", r.name));
+        }
+        let target = match (&r.cluster, &r.split) {
+            (Some(c), None) => match index_of(c) {
+                Some(k) => Some(Target::Cluster(k)),
+                None => {
+                    ctx.err(&at("cluster"), format!("unknown cluster `{c}`"));
+                    None
+                }
+            },
+            (None, Some(split)) => {
+                if split.is_empty() {
+                    ctx.err(&at("split"), "a split needs at least one cluster");
+                }
+                let mut cands = Vec::new();
+                for (c, w) in split {
+                    match index_of(c) {
+                        Some(k) => cands.push((k, c.as_str(), w.0)),
+                        None => ctx.err(&format!("rules[{i}].split.{c}"), format!("unknown cluster `{c}`")),
+                    }
+                }
+                let salt = r.salt.clone().unwrap_or_else(|| r.name.clone());
+                Some(Target::Split(Split::new(&salt, cands)))
+            }
+            (Some(_), Some(_)) => {
+                ctx.err(&at("split"), "a rule has either `cluster` or `split`, not both");
+                None
+            }
+            (None, None) => {
+                ctx.err(&format!("rules[{i}]"), "a rule needs `cluster` or `split`");
+                None
+            }
+        };
+        if r.salt.is_some() && r.split.is_none() {
+            ctx.err(&at("salt"), "`salt` only applies to a `split`");
+        }
+        let vdn = r.vdn.as_ref().map(|v| {
+            if v.is_empty() {
+                ctx.err(&at("vdn"), "an empty vdn list never matches; remove the key instead");
+            }
+            v.iter().map(|s| (s.lo, s.hi)).collect()
+        });
+        let userid = r.userid.as_ref().map(|u| compile_userid(&mut ctx, &at("userid"), u));
+        let mut fields = Vec::new();
+        for (p, values) in r.fields.iter().flatten() {
+            if p.split('.').any(|s| s.is_empty()) {
+                ctx.err(&format!("rules[{i}].fields"), format!("`{p}` is not a dotted path such as inparams.channelType"));
+                continue;
+            }
+            if matches!(p.as_str(), "userid" | "inaction") {
+                ctx.err(&format!("rules[{i}].fields"), format!("use the `userid` condition, not fields.{p}"));
+                continue;
+            }
+            fields.push((probe.add_path(p), values.clone()));
+        }
+        let mut headers = Vec::new();
+        for (h, values) in r.headers.iter().flatten() {
+            match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(name) => headers.push((name, values.clone())),
+                Err(_) => ctx.err(&format!("rules[{i}].headers"), format!("`{h}` is not a valid header name")),
+            }
+        }
+        if let Some(t) = target {
+            rules.push(Rule { name: Arc::from(r.name.as_str()), vdn, userid, fields, headers, target: t });
+        }
+    }
+
+    let default = match index_of(&rf.default) {
+        Some(k) => k,
+        None => {
+            ctx.err("default", format!("unknown cluster `{}`", rf.default));
+            0
+        }
+    };
+    if clusters.get(default).is_some_and(|c| c.spec.drain) {
+        ctx.err("default", format!("the default cluster `{}` is draining; point `default` at a cluster that takes new calls", rf.default));
+    }
+
+    if !ctx.errors.is_empty() {
+        return Err(ctx.errors.sorted());
+    }
+    let draining = clusters.iter().map(|c| c.spec.drain).collect();
+    let rule_ids = rules.iter().map(|r| names::intern(&r.name)).collect();
+    let routing = Routing::new(rules, default, names_list, draining, fallback);
+    Ok(Snapshot {
+        generation: 0,
+        sha256: sha256_hex(text.as_bytes()),
+        loaded_at_ms: crate::pins::memory::wall_ms(),
+        path: config_path.to_path_buf(),
+        listen,
+        admin,
+        tls,
+        admin_token,
+        decision_header: rf.decision_header.unwrap_or(false),
+        limits,
+        pins,
+        store,
+        probe,
+        routing,
+        clusters,
+        rule_ids,
+        default_rule_id: names::intern("default"),
+        pools: Vec::new(),
+    })
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(data);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_addr(ctx: &mut Ctx, path: &str, s: &str) -> SocketAddr {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            ctx.err(path, format!("`{s}` is not an address such as 0.0.0.0:8080"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    }
+}
+
+fn compile_limits(ctx: &mut Ctx, l: Option<&raw::RawLimits>) -> Limits {
+    let d = Limits::default();
+    let Some(l) = l else { return d };
+    let max_body = l.max_body.map(|b| b.0).unwrap_or(d.max_body);
+    if max_body == 0 {
+        ctx.err("limits.max_body", "must be more than 0 bytes");
+    }
+    let max_connections = l.max_connections.unwrap_or(d.max_connections);
+    if max_connections == 0 {
+        ctx.err("limits.max_connections", "must be at least 1");
+    }
+    Limits {
+        max_body,
+        header_read_timeout: positive(ctx, "limits.header_read_timeout", l.header_read_timeout.map(|x| x.0), d.header_read_timeout),
+        request_timeout: positive(ctx, "limits.request_timeout", l.request_timeout.map(|x| x.0), d.request_timeout),
+        max_connections,
+    }
+}
+
+fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpec) {
+    let d = PinPolicy::default();
+    let Some(p) = p else { return (d, StoreSpec::Memory { snapshot: None }) };
+    let policy = PinPolicy {
+        idle_ttl: positive(ctx, "pins.idle_ttl", p.idle_ttl.map(|x| x.0), d.idle_ttl),
+        end_grace: positive(ctx, "pins.end_grace", p.end_grace.map(|x| x.0), d.end_grace),
+        orphan_turns: match p.orphan_turns {
+            Some(raw::RawOrphanTurns::Reject) => OrphanPolicy::Reject,
+            _ => OrphanPolicy::Route,
+        },
+    };
+    let store = match p.store.as_deref().unwrap_or("memory") {
+        "memory" => StoreSpec::Memory { snapshot: p.snapshot.as_ref().map(|s| ctx.resolve(s)) },
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            if p.snapshot.is_some() {
+                ctx.err("pins.snapshot", "`snapshot` applies to the memory store only (with Redis, pins survive restarts)");
+            }
+            let r = p.redis.as_ref();
+            StoreSpec::Redis {
+                url: url.to_string(),
+                key_prefix: r.and_then(|r| r.key_prefix.clone()).unwrap_or_else(|| "graygate:".into()),
+                timeout: positive(ctx, "pins.redis.timeout", r.and_then(|r| r.timeout.map(|t| t.0)), Duration::from_millis(50)),
+            }
+        }
+        other => {
+            ctx.err("pins.store", format!("`{other}`: use `memory` or a redis://host:port/db URL"));
+            StoreSpec::Memory { snapshot: None }
+        }
+    };
+    (policy, store)
+}
+
+fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSpec {
+    let at = |k: &str| format!("clusters.{name}.{k}");
+    if name.is_empty() || name == "-" || name.contains(char::is_whitespace) {
+        ctx.err(&format!("clusters.{name}"), format!("`{name}` is not a usable cluster name"));
+    }
+    let embedded = rc.embedded.as_ref().map(|e| {
+        let instances = e.instances.unwrap_or(1);
+        if !(1..=64).contains(&instances) {
+            ctx.err(&at("embedded.instances"), "instances must be between 1 and 64");
+        }
+        EmbeddedSpec {
+            label: e.label.clone().unwrap_or_else(|| name.to_string()),
+            flows: e.flows.as_ref().map(|f| ctx.check_file(&at("embedded.flows"), f).display().to_string()),
+            instances,
+        }
+    });
+    let endpoints = rc.endpoints.clone().unwrap_or_default();
+    match (&rc.endpoints, &embedded) {
+        (Some(_), Some(_)) => ctx.err(&at("embedded"), "a cluster has either `endpoints` or `embedded`, not both"),
+        (None, None) => ctx.err(&format!("clusters.{name}"), "a cluster needs `endpoints` or `embedded`"),
+        (Some(e), None) if e.is_empty() => ctx.err(&at("endpoints"), "at least one endpoint is needed"),
+        (Some(e), None) if e.len() > 64 => ctx.err(&at("endpoints"), "at most 64 endpoints per cluster"),
+        _ => {}
+    }
+    let mut seen = HashSet::new();
+    for (k, e) in endpoints.iter().enumerate() {
+        if !seen.insert(e.text.clone()) {
+            ctx.err(&format!("clusters.{name}.endpoints[{k}]"), format!("duplicate endpoint `{}`", e.text));
+        }
+    }
+    let health = rc.health.as_ref().map(|h| {
+        let unhealthy_after = h.unhealthy_after.unwrap_or(3);
+        let healthy_after = h.healthy_after.unwrap_or(2);
+        if unhealthy_after == 0 {
+            ctx.err(&at("health.unhealthy_after"), "must be at least 1");
+        }
+        if healthy_after == 0 {
+            ctx.err(&at("health.healthy_after"), "must be at least 1");
+        }
+        if let Some(p) = &h.path {
+            if !p.starts_with('/') {
+                ctx.err(&at("health.path"), format!("`{p}` must start with /"));
+            }
+        }
+        HealthSpec {
+            interval: positive(ctx, &at("health.interval"), h.interval.map(|x| x.0), Duration::from_secs(2)),
+            timeout: positive(ctx, &at("health.timeout"), h.timeout.map(|x| x.0), Duration::from_secs(1)),
+            path: h.path.clone(),
+            unhealthy_after,
+            healthy_after,
+        }
+    });
+    let od = OutlierSpec::default();
+    let outlier = match &rc.outlier {
+        None => od,
+        Some(o) => OutlierSpec {
+            consecutive_failures: o.consecutive_failures.unwrap_or(od.consecutive_failures),
+            eject_for: positive(ctx, &at("outlier.eject_for"), o.eject_for.map(|x| x.0), od.eject_for),
+            max_ejected: o.max_ejected.map(|p| p.0).unwrap_or(od.max_ejected),
+        },
+    };
+    let tls = match &rc.tls {
+        None => TlsSpec::default(),
+        Some(t) => {
+            if t.cert.is_some() != t.key.is_some() {
+                ctx.err(&at("tls"), "`cert` and `key` go together");
+            }
+            TlsSpec {
+                ca: t.ca.as_ref().map(|c| ctx.check_file(&at("tls.ca"), c).display().to_string()),
+                cert: t.cert.as_ref().map(|c| ctx.check_file(&at("tls.cert"), c).display().to_string()),
+                key: t.key.as_ref().map(|c| ctx.check_file(&at("tls.key"), c).display().to_string()),
+                server_name: t.server_name.clone(),
+            }
+        }
+    };
+    ClusterSpec {
+        endpoints,
+        embedded,
+        balance: match rc.balance {
+            Some(raw::RawBalance::LeastRequest) => Balance::LeastRequest,
+            Some(raw::RawBalance::UseridHash) => Balance::UseridHash,
+            _ => Balance::RoundRobin,
+        },
+        timeout: positive(ctx, &at("timeout"), rc.timeout.map(|x| x.0), Duration::from_secs(10)),
+        connect_timeout: positive(ctx, &at("connect_timeout"), rc.connect_timeout.map(|x| x.0), Duration::from_secs(1)),
+        max_inflight: rc.max_inflight.unwrap_or(0),
+        health,
+        outlier,
+        fallback: rc.fallback.clone(),
+        tls,
+        drain: rc.drain.unwrap_or(false),
+    }
+}
+
+fn compile_userid(ctx: &mut Ctx, path: &str, u: &raw::RawUseridMatch) -> UseridMatch {
+    if u.exact.is_empty() && u.prefix.is_empty() && u.suffix.is_empty() && u.regex.is_none() {
+        ctx.err(path, "a userid condition needs at least one of exact, prefix, suffix, regex");
+    }
+    for (k, list) in [("prefix", &u.prefix), ("suffix", &u.suffix)] {
+        if list.iter().any(String::is_empty) {
+            ctx.err(&format!("{path}.{k}"), "an empty string matches every userid; remove it");
+        }
+    }
+    UseridMatch {
+        exact: u.exact.iter().map(|s| Box::from(s.as_str())).collect(),
+        prefix: u.prefix.clone(),
+        suffix: u.suffix.clone(),
+        regex: u.regex.as_ref().map(|r| r.0.clone()),
+    }
+}
+
+/// For `graygate check`: a one-paragraph summary.
+pub fn summary(s: &Snapshot) -> String {
+    let mut by_state: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for c in &s.clusters {
+        by_state.entry(if c.spec.drain { "draining" } else { "active" }).or_default().push(&c.name);
+    }
+    let clusters: Vec<String> = s
+        .clusters
+        .iter()
+        .map(|c| {
+            let what = match &c.spec.embedded {
+                Some(e) => format!("embedded x{}", e.instances),
+                None => format!("{} endpoint(s)", c.spec.endpoints.len()),
+            };
+            format!("{} ({what}{})", c.name, if c.spec.drain { ", draining" } else { "" })
+        })
+        .collect();
+    format!(
+        "{} cluster(s): {}\n{} rule(s): {}\ndefault: {}",
+        s.clusters.len(),
+        clusters.join(", "),
+        s.routing.rules.len(),
+        s.routing.rules.iter().map(|r| &*r.name).collect::<Vec<_>>().join(", "),
+        s.routing.cluster_name(s.routing.default)
+    )
+}

@@ -1,0 +1,204 @@
+//! `RoutesFile` and the `Raw*` serde mirrors of `routes.yaml` (spec §2).
+//!
+//! These mirror the file exactly: every key, `Option` where the file may omit it, unknown keys
+//! refused. Values check themselves (see `value.rs`). Nothing here is used on the hot path:
+//! `compile.rs` turns a `RoutesFile` into a `Snapshot`. The JSON Schema printed by
+//! `graygate schema` is generated from these types.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::value::{ByteSize, EndpointUrl, HumanDuration, Percent, RegexSource, VdnSpec, Weight};
+
+/// The whole `routes.yaml`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    /// Dialog listener address (HTTP/1.1 and h2c, or HTTPS with `tls`). Default 0.0.0.0:8080.
+    pub listen: Option<String>,
+    /// TLS for the dialog listener.
+    pub tls: Option<RawListenerTls>,
+    /// Admin listener address (/metrics /healthz /readyz /admin/*). Default 127.0.0.1:9090.
+    pub admin: Option<String>,
+    /// A file with a bearer token that /admin/* requests must present.
+    pub admin_token_file: Option<String>,
+    /// When true, dialog responses carry `x-graygate-route`.
+    pub decision_header: Option<bool>,
+    pub limits: Option<RawLimits>,
+    pub pins: Option<RawPins>,
+    /// Named ODFS clusters.
+    pub clusters: BTreeMap<String, RawCluster>,
+    /// Routing rules for new calls, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    /// The cluster for new calls that no rule matches.
+    pub default: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub cert: String,
+    pub key: String,
+    /// A CA file: clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Larger dialog bodies get 413. Default 64KiB.
+    #[schemars(with = "Option<SizeSchema>")]
+    pub max_body: Option<ByteSize>,
+    #[schemars(with = "Option<String>")]
+    pub header_read_timeout: Option<HumanDuration>,
+    #[schemars(with = "Option<String>")]
+    pub request_timeout: Option<HumanDuration>,
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPins {
+    /// `memory`, or `redis://host:port/db` (also `rediss://`).
+    pub store: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub idle_ttl: Option<HumanDuration>,
+    #[schemars(with = "Option<String>")]
+    pub end_grace: Option<HumanDuration>,
+    pub orphan_turns: Option<RawOrphanTurns>,
+    /// Memory store only: the table is written here on shutdown and read at start.
+    pub snapshot: Option<String>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOrphanTurns {
+    Route,
+    Reject,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub key_prefix: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `http://` or `https://` base URLs of the cluster's ODFS nodes.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub endpoints: Option<Vec<EndpointUrl>>,
+    /// Run the reference backend in-process for this cluster.
+    pub embedded: Option<RawEmbedded>,
+    pub balance: Option<RawBalance>,
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<HumanDuration>,
+    #[schemars(with = "Option<String>")]
+    pub connect_timeout: Option<HumanDuration>,
+    /// Concurrent requests per endpoint; 0 = unbounded.
+    pub max_inflight: Option<u32>,
+    pub health: Option<RawHealth>,
+    pub outlier: Option<RawOutlier>,
+    /// A cluster for new calls while this one has no healthy endpoint.
+    pub fallback: Option<String>,
+    pub tls: Option<RawUpstreamTls>,
+    /// true: no new calls; calls pinned here finish here.
+    pub drain: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbedded {
+    pub label: Option<String>,
+    pub flows: Option<String>,
+    pub instances: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    RoundRobin,
+    LeastRequest,
+    UseridHash,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    #[schemars(with = "Option<String>")]
+    pub interval: Option<HumanDuration>,
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<HumanDuration>,
+    /// null: a TCP connect; else an HTTP GET that must answer 2xx.
+    pub path: Option<String>,
+    pub unhealthy_after: Option<u32>,
+    pub healthy_after: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    #[schemars(with = "Option<String>")]
+    pub eject_for: Option<HumanDuration>,
+    #[schemars(with = "Option<String>")]
+    pub max_ejected: Option<Percent>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: String,
+    /// vdn ids and inclusive ranges: `[101, 200-299]`.
+    #[schemars(with = "Option<Vec<SizeSchema>>")]
+    pub vdn: Option<Vec<VdnSpec>>,
+    pub userid: Option<RawUseridMatch>,
+    /// Dotted paths into the JSON body → accepted string values.
+    pub fields: Option<BTreeMap<String, Vec<String>>>,
+    /// Header names → accepted values.
+    pub headers: Option<BTreeMap<String, Vec<String>>>,
+    pub cluster: Option<String>,
+    /// Cluster → positive weight; deterministic per userid.
+    #[schemars(with = "Option<BTreeMap<String, f64>>")]
+    pub split: Option<BTreeMap<String, Weight>>,
+    /// Split salt; default: the rule's name.
+    pub salt: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUseridMatch {
+    #[serde(default)]
+    pub exact: Vec<String>,
+    #[serde(default)]
+    pub prefix: Vec<String>,
+    #[serde(default)]
+    pub suffix: Vec<String>,
+    #[schemars(with = "Option<String>")]
+    pub regex: Option<RegexSource>,
+}
+
+/// Schema of a value written either as a number or as a string (sizes, vdn ranges).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum SizeSchema {
+    Number(u64),
+    Text(String),
+}

@@ -1,0 +1,230 @@
+//! The reloader: three triggers (directory watch, SIGHUP, `POST /admin/reload`), one path.
+//!
+//! Each reload reads the file, parses, validates and compiles a complete snapshot, reconciles
+//! the upstream pools (so no published rule names a pool that does not exist yet), and only
+//! then swaps the snapshot in. On any error the running snapshot stays, the error is logged
+//! with `line:column`, the failure is counted and `/admin/config` shows it.
+//!
+//! The watcher watches the config file's *directory*: editors replace files by rename and
+//! Kubernetes swaps a `..data` symlink, and neither is seen by a watch on the file itself. Any
+//! event in the directory, after a short quiet period, makes the reloader compare the file's
+//! hash with the last one it read; only a changed file is reloaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::located::{Located, LocatedErrors};
+use crate::metrics::Metrics;
+use crate::snapshot::{Live, Snapshot};
+use crate::upstream::Upstreams;
+
+/// What `/admin/config` shows about reloads.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    pub last_error: Option<Vec<Located>>,
+    pub last_error_at_ms: Option<u64>,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// Keys that changed in the file but only take effect at restart.
+    pub restart_needed: Vec<String>,
+}
+
+/// A hook run after each successful publish (e.g. re-read the listener's certificate).
+pub type AfterPublish = Box<dyn Fn(&Snapshot) + Send + Sync>;
+
+pub struct Reloader {
+    pub path: PathBuf,
+    live: Live,
+    upstreams: Arc<Upstreams>,
+    metrics: Metrics,
+    status: Mutex<ReloadStatus>,
+    /// sha256 of the last content read (good or bad), so an unchanged file is not re-read.
+    last_seen: Mutex<String>,
+    lock: tokio::sync::Mutex<()>,
+    after_publish: Mutex<Vec<AfterPublish>>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, live: Live, upstreams: Arc<Upstreams>, metrics: Metrics) -> Arc<Self> {
+        let sha = live.load().sha256.clone();
+        Arc::new(Reloader {
+            path,
+            live,
+            upstreams,
+            metrics,
+            status: Mutex::new(ReloadStatus::default()),
+            last_seen: Mutex::new(sha),
+            lock: tokio::sync::Mutex::new(()),
+            after_publish: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn on_publish(&self, f: AfterPublish) {
+        if let Ok(mut v) = self.after_publish.lock() {
+            v.push(f);
+        }
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Reload only when the file's content differs from the last content read.
+    pub async fn reload_if_changed(&self, trigger: &str) {
+        let Ok(bytes) = tokio::fs::read(&self.path).await else { return };
+        let sha = crate::config::sha256_hex(&bytes);
+        let changed = self.last_seen.lock().map(|l| *l != sha).unwrap_or(true);
+        if changed {
+            let _ = self.reload(trigger).await;
+        }
+    }
+
+    /// Reload now. Returns the running generation, or every error found.
+    pub async fn reload(&self, trigger: &str) -> Result<u64, LocatedErrors> {
+        let _one_at_a_time = self.lock.lock().await;
+        let path = self.path.clone();
+        // Compiling a large file takes milliseconds: keep it off the async workers.
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path))
+            .await
+            .unwrap_or_else(|e| Err(LocatedErrors(vec![Located::new("", 0, 0, "", format!("reload task failed: {e}"))])));
+        let result = match loaded {
+            Ok(snap) => {
+                if let Ok(mut l) = self.last_seen.lock() {
+                    *l = snap.sha256.clone();
+                }
+                let current = self.live.load_full();
+                if snap.sha256 == current.sha256 {
+                    tracing::info!(trigger, generation = current.generation, "config unchanged");
+                    Ok(current.generation)
+                } else {
+                    self.publish(snap, &current).await
+                }
+            }
+            Err(errs) => Err(errs),
+        };
+        match &result {
+            Ok(g) => {
+                self.metrics.reload(true, Some(*g));
+                if let Ok(mut s) = self.status.lock() {
+                    s.reloads_ok += 1;
+                    s.last_error = None;
+                    s.last_error_at_ms = None;
+                }
+            }
+            Err(errs) => {
+                if let Ok(bytes) = std::fs::read(&self.path) {
+                    if let Ok(mut l) = self.last_seen.lock() {
+                        *l = crate::config::sha256_hex(&bytes);
+                    }
+                }
+                self.metrics.reload(false, None);
+                tracing::error!(trigger, errors = %errs, "config reload failed; the running config stays");
+                if let Ok(mut s) = self.status.lock() {
+                    s.reloads_failed += 1;
+                    s.last_error = Some(errs.0.clone());
+                    s.last_error_at_ms = Some(crate::pins::memory::wall_ms());
+                }
+            }
+        }
+        result
+    }
+
+    async fn publish(&self, mut snap: Snapshot, current: &Snapshot) -> Result<u64, LocatedErrors> {
+        let restart = restart_keys(current, &snap);
+        if !restart.is_empty() {
+            tracing::warn!(keys = ?restart, "these keys changed but take effect only at restart; the running values stay");
+        }
+        let specs: Vec<_> = snap.clusters.iter().map(|c| (c.name.clone(), c.spec.clone())).collect();
+        let pools = self
+            .upstreams
+            .reconcile(&specs)
+            .await
+            .map_err(|e| LocatedErrors(vec![Located::new(&self.path.display().to_string(), 0, 0, "clusters", e)]))?;
+        snap.pools = pools;
+        snap.generation = current.generation + 1;
+        // Keep the listeners' addresses: they changed only in the file.
+        snap.listen = current.listen;
+        snap.admin = current.admin;
+        let diff = crate::config::diff::summarize(current, &snap);
+        let generation = snap.generation;
+        self.live.store(Arc::new(snap));
+        let live = self.live.load();
+        if let Ok(hooks) = self.after_publish.lock() {
+            for h in hooks.iter() {
+                h(&live);
+            }
+        }
+        if let Ok(mut s) = self.status.lock() {
+            s.restart_needed = restart;
+        }
+        tracing::info!(generation, sha256 = %live.sha256, changes = %diff, "config applied");
+        self.upstreams.drop_empty_retired(&live.cluster_ids());
+        Ok(generation)
+    }
+
+    /// Watch the config's directory; reload after events settle. Runs until the handle is
+    /// aborted.
+    pub fn spawn_watch(self: &Arc<Self>, debounce: Duration) -> Result<tokio::task::JoinHandle<()>, String> {
+        use notify::Watcher;
+        let dir = self.path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                // A full channel already has a pending wake-up: coalesce.
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let me = self.clone();
+        Ok(tokio::spawn(async move {
+            let _watcher = watcher;
+            while rx.recv().await.is_some() {
+                // Quiet period: let the writer finish.
+                loop {
+                    match tokio::time::timeout(debounce, rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                me.reload_if_changed("watch").await;
+            }
+        }))
+    }
+
+    /// Reload on SIGHUP.
+    #[cfg(unix)]
+    pub fn spawn_sighup(self: &Arc<Self>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let me = self.clone();
+        Ok(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                let _ = me.reload("sighup").await;
+            }
+        }))
+    }
+}
+
+fn restart_keys(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut v = Vec::new();
+    if old.listen != new.listen {
+        v.push("listen".to_string());
+    }
+    if old.admin != new.admin {
+        v.push("admin".to_string());
+    }
+    if old.tls != new.tls {
+        v.push("tls".to_string());
+    }
+    if old.store != new.store {
+        v.push("pins.store".to_string());
+    }
+    if old.limits.max_connections != new.limits.max_connections || old.limits.header_read_timeout != new.limits.header_read_timeout {
+        v.push("limits (connection-level)".to_string());
+    }
+    v
+}
+

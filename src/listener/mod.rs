@@ -1,0 +1,202 @@
+//! Sockets and HTTP connections: accept, cap, time out, serve (HTTP/1.1 and h2c, or TLS with
+//! ALPN h2/http1.1), drain on shutdown. Generic over the service so the dialog and admin
+//! listeners share it.
+//!
+//! - `max_connections`: a semaphore; a connection over the cap is closed at accept and counted
+//!   (`graygate_rejected_connections_total{reason="max_connections"}`), never queued.
+//! - `header_read_timeout`: hyper's HTTP/1 header timer; a client too slow to send its headers
+//!   is cut off. A TLS handshake gets the same budget.
+//! - Shutdown: stop accepting, ask every connection to finish its in-flight requests
+//!   (graceful), and give them `grace` before returning.
+
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::lifecycle::Shutdown;
+use crate::metrics::Metrics;
+
+/// Connection-level settings.
+#[derive(Clone)]
+pub struct ListenOptions {
+    /// `dialog` or `admin`: the `listener` label.
+    pub name: &'static str,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may take to finish after shutdown begins.
+    pub grace: Duration,
+    pub tls: Option<Arc<tls::TlsAcceptor>>,
+}
+
+/// Serve `listener` until `shutdown`, then drain. `make` builds the per-request service from
+/// the peer address and whether the connection is TLS.
+pub async fn serve<F, Fut, B>(listener: TcpListener, opts: ListenOptions, metrics: Metrics, shutdown: Shutdown, handler: F)
+where
+    F: Fn(Request<Incoming>, SocketAddr, bool) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let permits = Arc::new(Semaphore::new(opts.max_connections));
+    let gauge = metrics.connections.with_label_values(&[opts.name]);
+    let rejected_cap = metrics.rejected_connections.with_label_values(&["max_connections"]);
+    let rejected_tls = metrics.rejected_connections.with_label_values(&["tls"]);
+    let rejected_hdr = metrics.rejected_connections.with_label_values(&["header_timeout"]);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    let tasks = tokio_util_tasks::Tracker::default();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(listener = opts.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            rejected_cap.inc();
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        gauge.inc();
+        let gauge = gauge.clone();
+        let builder = builder.clone();
+        let handler = handler.clone();
+        let shutdown = shutdown.clone();
+        let tls = opts.tls.clone();
+        let rejected_tls = rejected_tls.clone();
+        let rejected_hdr = rejected_hdr.clone();
+        let header_timeout = opts.header_read_timeout;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let https = tls.is_some();
+            let svc = hyper::service::service_fn(move |req| {
+                let h = handler.clone();
+                async move { Ok::<_, std::convert::Infallible>(h(req, peer, https).await) }
+            });
+            match tls {
+                Some(acceptor) => {
+                    let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
+                    match hs {
+                        Ok(Ok(tls_stream)) => {
+                            let io = TokioIo::new(tls_stream);
+                            serve_conn(&builder, io, svc, &shutdown, &rejected_hdr).await;
+                        }
+                        Ok(Err(e)) => {
+                            rejected_tls.inc();
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            rejected_hdr.inc();
+                        }
+                    }
+                }
+                None => serve_conn(&builder, TokioIo::new(stream), svc, &shutdown, &rejected_hdr).await,
+            }
+            gauge.dec();
+        });
+    }
+    drop(listener);
+    if !tasks.wait_idle(opts.grace).await {
+        tracing::warn!(listener = opts.name, "grace period over; closing the connections that are left");
+    }
+}
+
+async fn serve_conn<I, S, B>(builder: &auto::Builder<TokioExecutor>, io: I, svc: S, shutdown: &Shutdown, rejected_hdr: &prometheus::IntCounter)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = std::convert::Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.wait() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        let text = e.to_string();
+        if text.contains("timeout") || text.contains("timed out") {
+            rejected_hdr.inc();
+        }
+        tracing::debug!(error = %text, "connection ended with an error");
+    }
+}
+
+/// A tiny task tracker: how many connection tasks are alive, and waiting for them to end.
+mod tokio_util_tasks {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    #[derive(Default, Clone)]
+    pub struct Tracker {
+        inner: Arc<(AtomicUsize, Notify)>,
+    }
+
+    struct Token(Arc<(AtomicUsize, Notify)>);
+
+    impl Drop for Token {
+        fn drop(&mut self) {
+            if self.0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.0 .1.notify_waiters();
+            }
+        }
+    }
+
+    impl Tracker {
+        pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+            self.inner.0.fetch_add(1, Ordering::AcqRel);
+            let token = Token(self.inner.clone());
+            tokio::spawn(async move {
+                let _t = token;
+                f.await;
+            });
+        }
+
+        /// Wait until no task is alive, at most `limit`. True when all ended.
+        pub async fn wait_idle(&self, limit: Duration) -> bool {
+            let wait = async {
+                loop {
+                    let notified = self.inner.1.notified();
+                    if self.inner.0.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            tokio::time::timeout(limit, wait).await.is_ok()
+        }
+    }
+}

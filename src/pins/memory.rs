@@ -1,0 +1,339 @@
+//! The in-memory pin table: sharded, with idle and end-grace expiry and a snapshot file.
+//!
+//! Why sharded and not one lock: every turn of every call reads or writes the table, so one
+//! lock would serialize the whole gateway. 64 shards, each a `std::sync::Mutex` around a hash
+//! map, keep critical sections tiny (no `.await` while locked, so a blocking mutex is right, as
+//! in mini-redis's `db.rs`) and contention negligible on any core count we run on.
+//!
+//! Memory: a key is a `CompactString` (inline up to 24 bytes, which covers typical call ids) and
+//! an entry is 40 bytes, so a million pins stay near 100 MB including the maps' slack.
+//!
+//! Time: deadlines are milliseconds since the store's creation on tokio's clock, so tests can
+//! pause and advance time. The snapshot file stores wall-clock deadlines instead, so a restart
+//! accounts for the time the process was down.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::names::{self, NameId};
+use super::{Pin, PinStore, ReleaseReason};
+use crate::metrics::Metrics;
+
+const SHARDS: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    pin: Pin,
+    /// Deadline in ms on the store's clock.
+    deadline: u64,
+}
+
+type Shard = Mutex<HashMap<CompactString, Entry, ahash::RandomState>>;
+
+/// The in-memory store. Cheap to share (`Arc` inside).
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Shard]>,
+    hasher: ahash::RandomState,
+    epoch: Instant,
+    metrics: Metrics,
+}
+
+impl MemoryStore {
+    pub fn new(metrics: Metrics) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::with_hasher(ahash::RandomState::new()))).collect();
+        MemoryStore { inner: Arc::new(Inner { shards, hasher: ahash::RandomState::new(), epoch: Instant::now(), metrics }) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    fn shard(&self, userid: &str) -> std::sync::MutexGuard<'_, HashMap<CompactString, Entry, ahash::RandomState>> {
+        let mut h = self.inner.hasher.build_hasher();
+        userid.hash(&mut h);
+        let i = (h.finish() as usize) % SHARDS;
+        self.inner.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_release(&self, pin: &Pin, reason: ReleaseReason) {
+        let cluster = names::name(pin.cluster);
+        self.inner.metrics.pin_released(&cluster, reason);
+    }
+
+    /// Live pins (for the sweeper's bookkeeping and tests).
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Live pins per cluster.
+    pub fn counts(&self) -> HashMap<NameId, u64> {
+        let mut out = HashMap::new();
+        for s in self.inner.shards.iter() {
+            for e in s.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                *out.entry(e.pin.cluster).or_default() += 1;
+            }
+        }
+        out
+    }
+
+    /// Remove expired pins, one shard at a time; returns how many went.
+    pub fn sweep(&self) -> usize {
+        let now = self.now_ms();
+        let mut gone = Vec::new();
+        for s in self.inner.shards.iter() {
+            let mut map = s.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, e| {
+                let live = e.deadline > now;
+                if !live {
+                    gone.push(e.pin);
+                }
+                live
+            });
+        }
+        for pin in &gone {
+            let reason = if pin.ending { ReleaseReason::EndGrace } else { ReleaseReason::Idle };
+            self.count_release(pin, reason);
+        }
+        gone.len()
+    }
+
+    /// Run [`sweep`](Self::sweep) every `every` until the returned handle is dropped or aborted.
+    pub fn spawn_sweeper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let n = store.sweep();
+                if n > 0 {
+                    tracing::debug!(expired = n, "pin sweep");
+                }
+            }
+        })
+    }
+
+    fn insert_new(&self, userid: &str, pin: Pin, ttl: Duration) -> Pin {
+        let now = self.now_ms();
+        let mut map = self.shard(userid);
+        if let Some(e) = map.get(userid) {
+            if e.deadline > now {
+                return e.pin;
+            }
+        }
+        let old = map.insert(CompactString::from(userid), Entry { pin, deadline: now + ttl.as_millis() as u64 });
+        drop(map);
+        if let Some(old) = old {
+            let reason = if old.pin.ending { ReleaseReason::EndGrace } else { ReleaseReason::Idle };
+            self.count_release(&old.pin, reason);
+        }
+        self.inner.metrics.pin_created(&names::name(pin.cluster));
+        pin
+    }
+
+    /// Write every live pin to `path` (JSON lines, wall-clock deadlines), atomically by rename.
+    pub fn save(&self, path: &Path) -> std::io::Result<usize> {
+        let now = self.now_ms();
+        let wall = wall_ms();
+        let mut out = Vec::new();
+        let mut n = 0;
+        for s in self.inner.shards.iter() {
+            let map = s.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, e) in map.iter() {
+                if e.deadline <= now {
+                    continue;
+                }
+                let rec = SavedPin {
+                    userid: k.to_string(),
+                    cluster: names::name(e.pin.cluster).to_string(),
+                    rule: names::name(e.pin.rule).to_string(),
+                    generation: e.pin.generation,
+                    created_at_ms: e.pin.created_at_ms,
+                    expires_at_ms: wall + (e.deadline - now),
+                    ending: e.pin.ending,
+                };
+                serde_json::to_writer(&mut out, &rec).map_err(std::io::Error::other)?;
+                out.push(b'\n');
+                n += 1;
+            }
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &out)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(n)
+    }
+
+    /// Read pins saved by [`save`](Self::save); expired entries and bad lines are skipped.
+    /// Returns (loaded, skipped).
+    pub fn load(&self, path: &Path) -> std::io::Result<(usize, usize)> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(e),
+        };
+        let wall = wall_ms();
+        let (mut loaded, mut skipped) = (0, 0);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(rec) = serde_json::from_str::<SavedPin>(line) else {
+                skipped += 1;
+                continue;
+            };
+            if rec.expires_at_ms <= wall || rec.userid.is_empty() {
+                skipped += 1;
+                continue;
+            }
+            let pin = Pin {
+                cluster: names::intern(&rec.cluster),
+                rule: names::intern(&rec.rule),
+                generation: rec.generation,
+                created_at_ms: rec.created_at_ms,
+                ending: rec.ending,
+            };
+            self.insert_new(&rec.userid, pin, Duration::from_millis(rec.expires_at_ms - wall));
+            loaded += 1;
+        }
+        Ok((loaded, skipped))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedPin {
+    userid: String,
+    cluster: String,
+    rule: String,
+    generation: u64,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    ending: bool,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl PinStore for MemoryStore {
+    async fn get(&self, userid: &str, idle_ttl: Duration) -> Option<Pin> {
+        let now = self.now_ms();
+        let mut map = self.shard(userid);
+        let e = map.get_mut(userid)?;
+        if e.deadline <= now {
+            let old = e.pin;
+            map.remove(userid);
+            drop(map);
+            let reason = if old.ending { ReleaseReason::EndGrace } else { ReleaseReason::Idle };
+            self.count_release(&old, reason);
+            return None;
+        }
+        if !e.pin.ending {
+            e.deadline = now + idle_ttl.as_millis() as u64;
+        }
+        Some(e.pin)
+    }
+
+    async fn create(&self, userid: &str, pin: Pin, ttl: Duration) -> Pin {
+        self.insert_new(userid, pin, ttl)
+    }
+
+    async fn end(&self, userid: &str, end_grace: Duration) {
+        let now = self.now_ms();
+        let mut map = self.shard(userid);
+        if let Some(e) = map.get_mut(userid) {
+            if !e.pin.ending {
+                e.pin.ending = true;
+                e.deadline = now + end_grace.as_millis() as u64;
+            }
+        }
+    }
+
+    async fn release(&self, userid: &str, reason: ReleaseReason) -> bool {
+        let old = self.shard(userid).remove(userid);
+        match old {
+            Some(e) => {
+                self.count_release(&e.pin, reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn peek(&self, userid: &str) -> Option<Pin> {
+        let now = self.now_ms();
+        self.shard(userid).get(userid).filter(|e| e.deadline > now).map(|e| e.pin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(cluster: &str) -> Pin {
+        Pin { cluster: names::intern(cluster), rule: names::intern("r"), generation: 1, created_at_ms: 0, ending: false }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_expiry_and_touch() {
+        let s = MemoryStore::new(Metrics::new());
+        let ttl = Duration::from_secs(60);
+        s.create("u1", pin("stable"), ttl).await;
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert!(s.get("u1", ttl).await.is_some(), "a turn refreshes the pin");
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert!(s.peek("u1").await.is_some());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(s.sweep(), 1);
+        assert!(s.get("u1", ttl).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn end_grace_is_not_extended_by_turns() {
+        let s = MemoryStore::new(Metrics::new());
+        s.create("u1", pin("stable"), Duration::from_secs(600)).await;
+        s.end("u1", Duration::from_secs(5)).await;
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let p = s.get("u1", Duration::from_secs(600)).await.unwrap();
+        assert!(p.ending);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(s.get("u1", Duration::from_secs(600)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn first_writer_wins() {
+        let s = MemoryStore::new(Metrics::new());
+        let a = s.create("u", pin("stable"), Duration::from_secs(60)).await;
+        let b = s.create("u", pin("canary"), Duration::from_secs(60)).await;
+        assert_eq!(a.cluster, b.cluster);
+        assert!(s.release("u", ReleaseReason::Admin).await);
+        assert!(!s.release("u", ReleaseReason::Admin).await);
+    }
+
+    #[tokio::test]
+    async fn snapshot_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.jsonl");
+        let s = MemoryStore::new(Metrics::new());
+        for i in 0..100 {
+            s.create(&format!("u{i}"), pin("canary"), Duration::from_secs(60)).await;
+        }
+        assert_eq!(s.save(&path).unwrap(), 100);
+        let t = MemoryStore::new(Metrics::new());
+        assert_eq!(t.load(&path).unwrap(), (100, 0));
+        assert_eq!(names::name(t.peek("u7").await.unwrap().cluster).as_ref(), "canary");
+    }
+}

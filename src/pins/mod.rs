@@ -1,0 +1,134 @@
+//! Call pins: `userid → cluster` for the whole life of a call (spec §5).
+//!
+//! The pin table is the only shared mutable state a turn touches. It sits behind the small
+//! [`PinStore`] trait so that the in-memory store ([`memory::MemoryStore`]) and a shared store
+//! for several replicas can take the same place. What to do with a pin after an answer is a pure
+//! function in [`lifecycle`]; expiry runs in the store's sweeper.
+
+pub mod lifecycle;
+pub mod memory;
+pub mod names;
+
+use std::future::Future;
+use std::time::Duration;
+
+use names::NameId;
+
+/// One call's pin. Small and `Copy`: names are interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    pub cluster: NameId,
+    /// The rule that created the pin (`default` included), for the `rule` metric label.
+    pub rule: NameId,
+    /// The config generation that created it.
+    pub generation: u64,
+    /// Wall-clock creation time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The call got an outaction 10: the pin lives only `end_grace` more.
+    pub ending: bool,
+}
+
+/// Why a pin went away; `as_str` is the metric label, so they cannot drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseReason {
+    Hangup,
+    Idle,
+    Admin,
+    EndGrace,
+}
+
+impl ReleaseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::Hangup => "hangup",
+            ReleaseReason::Idle => "idle",
+            ReleaseReason::Admin => "admin",
+            ReleaseReason::EndGrace => "end_grace",
+        }
+    }
+}
+
+/// What to do with later turns that have no pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanPolicy {
+    Route,
+    Reject,
+}
+
+/// The pin part of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinPolicy {
+    pub idle_ttl: Duration,
+    pub end_grace: Duration,
+    pub orphan_turns: OrphanPolicy,
+}
+
+impl Default for PinPolicy {
+    fn default() -> Self {
+        PinPolicy { idle_ttl: Duration::from_secs(30 * 60), end_grace: Duration::from_secs(60), orphan_turns: OrphanPolicy::Route }
+    }
+}
+
+/// A pin store. Every method is one round trip at most.
+pub trait PinStore: Send + Sync + 'static {
+    /// The live pin of `userid`, refreshing its idle lifetime to `idle_ttl` (an ending pin keeps
+    /// its shorter deadline).
+    fn get(&self, userid: &str, idle_ttl: Duration) -> impl Future<Output = Option<Pin>> + Send;
+    /// First writer wins: store `pin` unless a live pin exists; return the pin that is stored.
+    fn create(&self, userid: &str, pin: Pin, ttl: Duration) -> impl Future<Output = Pin> + Send;
+    /// Mark the pin ending: it lives `end_grace` more, whatever later turns do.
+    fn end(&self, userid: &str, end_grace: Duration) -> impl Future<Output = ()> + Send;
+    /// Remove the pin; true when there was one.
+    fn release(&self, userid: &str, reason: ReleaseReason) -> impl Future<Output = bool> + Send;
+    /// Read without refreshing (admin).
+    fn peek(&self, userid: &str) -> impl Future<Output = Option<Pin>> + Send;
+}
+
+/// The store a gateway runs with (static dispatch: no boxed future per turn).
+#[derive(Clone)]
+pub enum Store {
+    Memory(memory::MemoryStore),
+}
+
+impl Store {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory(_) => "memory",
+        }
+    }
+
+    /// A JSON view of the store's state for `/admin/config`.
+    pub fn view(&self) -> serde_json::Value {
+        match self {
+            Store::Memory(m) => serde_json::json!({"kind": "memory", "state": "ok", "local_pins": m.len()}),
+        }
+    }
+}
+
+impl PinStore for Store {
+    async fn get(&self, userid: &str, idle_ttl: Duration) -> Option<Pin> {
+        match self {
+            Store::Memory(m) => m.get(userid, idle_ttl).await,
+        }
+    }
+    async fn create(&self, userid: &str, pin: Pin, ttl: Duration) -> Pin {
+        match self {
+            Store::Memory(m) => m.create(userid, pin, ttl).await,
+        }
+    }
+    async fn end(&self, userid: &str, end_grace: Duration) {
+        match self {
+            Store::Memory(m) => m.end(userid, end_grace).await,
+        }
+    }
+    async fn release(&self, userid: &str, reason: ReleaseReason) -> bool {
+        match self {
+            Store::Memory(m) => m.release(userid, reason).await,
+        }
+    }
+    async fn peek(&self, userid: &str) -> Option<Pin> {
+        match self {
+            Store::Memory(m) => m.peek(userid).await,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Forwarding one request to a cluster: pick an endpoint, send, classify the outcome, and try
+//! another endpoint of the same cluster only when the request never reached the first one.
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::Peer;
+use crate::record::TurnRecord;
+use crate::respond::GatewayError;
+use crate::upstream::client::{ReqBody, UpstreamError};
+use crate::upstream::{ClusterPool, PickError};
+
+pub enum OutBody {
+    /// The probed dialog body: can be sent again if the first endpoint was never reached.
+    Full(Bytes),
+    /// A streamed body: sent once.
+    Stream(Incoming),
+}
+
+pub struct Outgoing<'a> {
+    pub parts: &'a http::request::Parts,
+    pub body: OutBody,
+    pub peer: Peer,
+    pub request_id: &'a str,
+}
+
+/// Hop-by-hop headers are about one connection and never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[header::HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+fn upstream_headers(src: &HeaderMap, peer: Peer, request_id: &str) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(src.len() + 3);
+    // Names listed in Connection are hop-by-hop too.
+    let listed: Vec<String> = src
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    for (name, value) in src.iter() {
+        if HOP_BY_HOP.contains(name) || name.as_str() == "keep-alive" || name.as_str() == "proxy-connection" {
+            continue;
+        }
+        if !listed.is_empty() && listed.iter().any(|l| l == name.as_str()) {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
+    let ip = peer.addr.ip().to_string();
+    let xff = match src.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    if !src.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static(if peer.https { "https" } else { "http" }));
+    }
+    if !src.contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("x-request-id", v);
+        }
+    }
+    h
+}
+
+/// Send to one endpoint of `pool`. `strict`: healthy endpoints only (new calls).
+pub async fn send(pool: &ClusterPool, out: Outgoing<'_>, userid: &str, strict: bool, rec: &mut TurnRecord) -> Result<Response<Incoming>, GatewayError> {
+    let state = pool.state.load_full();
+    let deadline = Instant::now() + state.spec.timeout;
+    let headers = upstream_headers(&out.parts.headers, out.peer, out.request_id);
+    let pq = out.parts.uri.path_and_query().cloned();
+    let mut body = Some(out.body);
+    let mut tried: u64 = 0;
+    let mut last_err: Option<UpstreamError> = None;
+    let upstream_start = Instant::now();
+    loop {
+        let (i, guard) = match pool.pick(&state, userid, tried, strict) {
+            Ok(x) => x,
+            Err(why) => {
+                // Out of endpoints to try: report the last real error if there was one.
+                return Err(match last_err {
+                    Some(e) => to_gateway(e),
+                    None => GatewayError::NoUpstream(match why {
+                        PickError::Full => format!("every endpoint of cluster `{}` is at max_inflight", pool.name),
+                        PickError::NoneHealthy => format!("cluster `{}` has no healthy endpoint", pool.name),
+                    }),
+                });
+            }
+        };
+        if i < 64 {
+            tried |= 1 << i;
+        }
+        let endpoint = guard.endpoint().clone();
+        rec.endpoint = Some(endpoint.url.clone());
+        let req_body = match body.take() {
+            Some(OutBody::Full(b)) => {
+                body = Some(OutBody::Full(b.clone()));
+                ReqBody::Full(Full::new(b))
+            }
+            Some(OutBody::Stream(s)) => ReqBody::Stream(s),
+            None => return Err(to_gateway(last_err.unwrap_or(UpstreamError::NoUpstream { cluster: pool.name.clone(), why: "body already sent" }))),
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(if endpoint.https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+        uri.authority = endpoint.authority.clone();
+        uri.path_and_query = pq.clone();
+        let Ok(uri) = Uri::from_parts(uri) else {
+            return Err(GatewayError::Upstream(format!("cannot build a URI for endpoint {}", endpoint.url)));
+        };
+        let mut req = Request::new(req_body);
+        *req.method_mut() = out.parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers.clone();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let result = tokio::time::timeout(remaining, state.client.request(req)).await;
+        rec.upstream = Some(upstream_start.elapsed());
+        let err = match result {
+            Ok(Ok(resp)) => {
+                let s = resp.status().as_u16();
+                if matches!(s, 502..=504) {
+                    pool.record_failure(&state, &endpoint, "answered 502/503/504");
+                } else {
+                    pool.record_success(&endpoint);
+                }
+                drop(guard);
+                return Ok(resp);
+            }
+            Ok(Err(e)) => UpstreamError::classify(&endpoint.url, e),
+            Err(_) => UpstreamError::Timeout { endpoint: endpoint.url.clone(), timeout: state.spec.timeout },
+        };
+        drop(guard);
+        pool.record_failure(&state, &endpoint, &err.to_string());
+        tracing::warn!(cluster = %pool.name, endpoint = %endpoint.url, error = %err, "upstream request failed");
+        let retry = !err.reached_endpoint() && matches!(body, Some(OutBody::Full(_))) && Instant::now() < deadline;
+        if !retry {
+            return Err(to_gateway(err));
+        }
+        last_err = Some(err);
+    }
+}
+
+fn to_gateway(e: UpstreamError) -> GatewayError {
+    match e {
+        UpstreamError::Timeout { .. } => GatewayError::UpstreamTimeout(e.to_string()),
+        UpstreamError::NoUpstream { .. } => GatewayError::NoUpstream(e.to_string()),
+        UpstreamError::Connect { .. } | UpstreamError::Broken { .. } => GatewayError::Upstream(e.to_string()),
+    }
+}

@@ -1,0 +1,32 @@
+//! `TurnRecord`: what one request taught the gateway, filled by the proxy on the way and read
+//! once at the end by the metrics and the access log line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use compact_str::CompactString;
+
+use crate::protocol::{Inaction, Outaction, Vdn};
+
+#[derive(Debug, Default, Clone)]
+pub struct TurnRecord {
+    pub request_id: CompactString,
+    pub method: http::Method,
+    pub path: CompactString,
+    pub vdn: Option<Vdn>,
+    /// The full userid; only ever printed masked.
+    pub userid: Option<CompactString>,
+    pub inaction: Option<Inaction>,
+    pub rule: Option<Arc<str>>,
+    pub cluster: Option<Arc<str>>,
+    pub endpoint: Option<Arc<str>>,
+    /// new / kept / orphan
+    pub pin: Option<&'static str>,
+    pub status: u16,
+    pub outaction: Option<Outaction>,
+    /// The gateway's own errorCode when it answered itself.
+    pub error_code: Option<&'static str>,
+    pub fallback_from: Option<Arc<str>>,
+    pub total: Duration,
+    pub upstream: Option<Duration>,
+}

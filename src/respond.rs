@@ -1,0 +1,215 @@
+//! The gateway's own answers (spec §3), the decision header (§4), and reading `outaction` from
+//! an upstream answer.
+//!
+//! Every stage has its own error type; this is the one place they become HTTP. Each
+//! [`GatewayError`] has exactly one row of the §3 table: status, `errorCode`, JSON body.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::probe::ProbeError;
+use crate::protocol::Outaction;
+
+/// An error the gateway answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    BadUrl(String),
+    BadJson(String),
+    MissingUserid,
+    BadUserid,
+    MissingInaction,
+    BadInaction,
+    Method,
+    OrphanTurn,
+    BodyTooLarge(u64),
+    /// The client's body could not be read (it went away or broke framing).
+    BodyRead(String),
+    Upstream(String),
+    NoUpstream(String),
+    UpstreamTimeout(String),
+}
+
+impl From<ProbeError> for GatewayError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::BadUrl(s) => GatewayError::BadUrl(s),
+            ProbeError::BadJson(s) => GatewayError::BadJson(s),
+            ProbeError::MissingUserid => GatewayError::MissingUserid,
+            ProbeError::BadUserid => GatewayError::BadUserid,
+            ProbeError::MissingInaction => GatewayError::MissingInaction,
+            ProbeError::BadInaction => GatewayError::BadInaction,
+            ProbeError::BodyTooLarge(n) => GatewayError::BodyTooLarge(n),
+            ProbeError::BodyRead(s) => GatewayError::BodyRead(s),
+        }
+    }
+}
+
+impl GatewayError {
+    /// (status, errorCode) — the §3 table.
+    pub fn row(&self) -> (StatusCode, &'static str) {
+        match self {
+            GatewayError::BadUrl(_) => (StatusCode::BAD_REQUEST, "GW.BAD_URL"),
+            GatewayError::BadJson(_) => (StatusCode::BAD_REQUEST, "GW.BAD_JSON"),
+            GatewayError::MissingUserid => (StatusCode::BAD_REQUEST, "GW.MISSING_USERID"),
+            GatewayError::BadUserid => (StatusCode::BAD_REQUEST, "GW.BAD_USERID"),
+            GatewayError::MissingInaction => (StatusCode::BAD_REQUEST, "GW.MISSING_INACTION"),
+            GatewayError::BadInaction => (StatusCode::BAD_REQUEST, "GW.BAD_INACTION"),
+            GatewayError::Method => (StatusCode::METHOD_NOT_ALLOWED, "GW.METHOD"),
+            GatewayError::OrphanTurn => (StatusCode::CONFLICT, "GW.ORPHAN_TURN"),
+            GatewayError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "GW.BODY_TOO_LARGE"),
+            GatewayError::BodyRead(_) => (StatusCode::BAD_REQUEST, "GW.BAD_JSON"),
+            GatewayError::Upstream(_) => (StatusCode::BAD_GATEWAY, "GW.UPSTREAM"),
+            GatewayError::NoUpstream(_) => (StatusCode::SERVICE_UNAVAILABLE, "GW.NO_UPSTREAM"),
+            GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "GW.UPSTREAM_TIMEOUT"),
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::BadUrl(s) => format!("vdnId `{s}` is not a decimal integer (u32)"),
+            GatewayError::BadJson(s) => format!("body is not a JSON object: {s}"),
+            GatewayError::MissingUserid => "no userid in the body".into(),
+            GatewayError::BadUserid => "userid must be a string of 1 to 64 characters".into(),
+            GatewayError::MissingInaction => "no inaction in the body".into(),
+            GatewayError::BadInaction => "inaction must be an integer".into(),
+            GatewayError::Method => "dialog interfaces accept POST only".into(),
+            GatewayError::OrphanTurn => "a later turn of a call this gateway has no pin for (orphan_turns: reject)".into(),
+            GatewayError::BodyTooLarge(n) => format!("body is larger than max_body ({n} bytes)"),
+            GatewayError::BodyRead(s) => format!("could not read the request body: {s}"),
+            GatewayError::Upstream(s) => format!("upstream failed: {s}"),
+            GatewayError::NoUpstream(s) => format!("no upstream can take the request: {s}"),
+            GatewayError::UpstreamTimeout(s) => format!("upstream timed out: {s}"),
+        }
+    }
+
+    /// The JSON body of spec §3; `userid` when it was read.
+    pub fn body(&self, userid: Option<&str>) -> Bytes {
+        let (_, code) = self.row();
+        let v = match userid {
+            Some(u) => serde_json::json!({"ret": -1, "userid": u, "errorCode": code, "errorMsg": self.message()}),
+            None => serde_json::json!({"ret": -1, "errorCode": code, "errorMsg": self.message()}),
+        };
+        Bytes::from(v.to_string())
+    }
+
+    /// The whole response.
+    pub fn response<B: From<Bytes>>(&self, userid: Option<&str>) -> Response<B> {
+        let (status, _) = self.row();
+        let mut r = Response::new(B::from(self.body(userid)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
+        if matches!(self, GatewayError::Method) {
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
+        r
+    }
+}
+
+/// `x-graygate-route: rule=<rule>; cluster=<name>; pin=<kind>; generation=<N>[; fallback=<from>]`
+pub fn decision_header(rule: &str, cluster: &str, pin: &str, generation: u64, fallback_from: Option<&str>) -> Option<HeaderValue> {
+    let mut s = format!("rule={rule}; cluster={cluster}; pin={pin}; generation={generation}");
+    if let Some(f) = fallback_from {
+        s.push_str("; fallback=");
+        s.push_str(f);
+    }
+    HeaderValue::from_str(&s).ok()
+}
+
+pub const DECISION_HEADER: &str = "x-graygate-route";
+
+/// Read `outaction` (a number or a numeric string, A2) from a buffered dialog answer without
+/// building a JSON tree. `None` when absent or unreadable.
+pub fn peek_outaction(body: &[u8]) -> Option<Outaction> {
+    use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Option<i64>, A::Error> {
+            let mut out = None;
+            while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                if k == "outaction" {
+                    out = m.next_value::<NumOrStr>()?.0;
+                } else {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+    }
+    struct NumOrStr(Option<i64>);
+    impl<'de> de::Deserialize<'de> for NumOrStr {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct N;
+            impl Visitor<'_> for N {
+                type Value = NumOrStr;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a number or numeric string")
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumOrStr, E> {
+                    Ok(NumOrStr(Some(v)))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumOrStr, E> {
+                    Ok(NumOrStr(i64::try_from(v).ok()))
+                }
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<NumOrStr, E> {
+                    Ok(NumOrStr(None))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<NumOrStr, E> {
+                    Ok(NumOrStr(v.trim().parse().ok()))
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<NumOrStr, E> {
+                    Ok(NumOrStr(None))
+                }
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<NumOrStr, E> {
+                    Ok(NumOrStr(None))
+                }
+            }
+            d.deserialize_any(N)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de::Deserializer::deserialize_map(&mut de, V).ok().flatten().map(Outaction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_of_the_table() {
+        let rows: &[(GatewayError, u16, &str)] = &[
+            (GatewayError::BadUrl("x".into()), 400, "GW.BAD_URL"),
+            (GatewayError::BadJson("x".into()), 400, "GW.BAD_JSON"),
+            (GatewayError::MissingUserid, 400, "GW.MISSING_USERID"),
+            (GatewayError::BadUserid, 400, "GW.BAD_USERID"),
+            (GatewayError::MissingInaction, 400, "GW.MISSING_INACTION"),
+            (GatewayError::BadInaction, 400, "GW.BAD_INACTION"),
+            (GatewayError::Method, 405, "GW.METHOD"),
+            (GatewayError::OrphanTurn, 409, "GW.ORPHAN_TURN"),
+            (GatewayError::BodyTooLarge(1), 413, "GW.BODY_TOO_LARGE"),
+            (GatewayError::Upstream("x".into()), 502, "GW.UPSTREAM"),
+            (GatewayError::NoUpstream("x".into()), 503, "GW.NO_UPSTREAM"),
+            (GatewayError::UpstreamTimeout("x".into()), 504, "GW.UPSTREAM_TIMEOUT"),
+        ];
+        for (e, status, code) in rows {
+            let (s, c) = e.row();
+            assert_eq!((s.as_u16(), c), (*status, *code));
+            let v: serde_json::Value = serde_json::from_slice(&e.body(Some("u1"))).unwrap();
+            assert_eq!(v["ret"], -1);
+            assert_eq!(v["errorCode"], *code);
+            assert_eq!(v["userid"], "u1");
+            assert!(!v["errorMsg"].as_str().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn outaction_as_number_or_string() {
+        assert_eq!(peek_outaction(br#"{"ret":0,"outaction":10,"outparams":{"a":[1]}}"#), Some(Outaction(10)));
+        assert_eq!(peek_outaction(br#"{"ret":"0","outaction":"13"}"#), Some(Outaction(13)));
+        assert_eq!(peek_outaction(br#"{"ret":0}"#), None);
+        assert_eq!(peek_outaction(b"not json"), None);
+    }
+}

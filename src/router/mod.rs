@@ -1,0 +1,238 @@
+//! The router decides which cluster a NEW call (or an orphan turn) goes to.
+//!
+//! Inputs: the probed [`Turn`], the request headers and the compiled [`Routing`] of the request's
+//! snapshot. Output: a [`Decision`] — the rule that matched (or the default) and the cluster.
+//! It never does I/O, never reads a clock and never touches pins: following a pin is the proxy's
+//! job, health and fallback are the upstream's. `graygate explain`, `GET /admin/explain` and the
+//! hot path call the same [`decide`].
+//!
+//! Rules are evaluated in file order, first match wins. To keep that cheap with thousands of
+//! rules, rules with a `vdn` condition are indexed by vdn ([`VdnIndex`]): a turn only evaluates
+//! the rules whose vdn set contains its vdn, merged in order with the rules that have no vdn
+//! condition.
+
+pub mod rules;
+pub mod split;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+pub use rules::{Rule, Target, UseridMatch};
+
+use crate::probe::Turn;
+
+/// The compiled routing table of one snapshot.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    pub rules: Vec<Rule>,
+    /// Cluster index for calls no rule matches.
+    pub default: usize,
+    /// Cluster names by index (the snapshot's cluster order).
+    pub clusters: Vec<Arc<str>>,
+    /// `drain: true` clusters take no new calls.
+    pub draining: Vec<bool>,
+    /// `fallback:` per cluster index.
+    pub fallback: Vec<Option<usize>>,
+    index: VdnIndex,
+    /// Rules without a vdn condition, in order.
+    unindexed: Vec<u32>,
+}
+
+/// Which rule chose the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleRef {
+    Rule(usize),
+    Default,
+}
+
+/// The router's answer for a new call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub rule: RuleRef,
+    pub cluster: usize,
+}
+
+impl Routing {
+    pub fn new(rules: Vec<Rule>, default: usize, clusters: Vec<Arc<str>>, draining: Vec<bool>, fallback: Vec<Option<usize>>) -> Self {
+        let index = VdnIndex::build(&rules);
+        let unindexed = rules.iter().enumerate().filter(|(_, r)| r.vdn.is_none()).map(|(i, _)| i as u32).collect();
+        Routing { rules, default, clusters, draining, fallback, index, unindexed }
+    }
+
+    pub fn rule_name(&self, r: RuleRef) -> &str {
+        match r {
+            RuleRef::Rule(i) => self.rules.get(i).map(|r| &*r.name).unwrap_or("-"),
+            RuleRef::Default => "default",
+        }
+    }
+
+    pub fn cluster_name(&self, i: usize) -> &str {
+        self.clusters.get(i).map(|s| &**s).unwrap_or("-")
+    }
+
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|c| &**c == name)
+    }
+
+    /// Try one rule: `Some(cluster)` when its conditions hold and its target has a cluster that
+    /// takes new calls.
+    fn try_rule(&self, i: usize, turn: &Turn, headers: &HeaderMap) -> Option<usize> {
+        let rule = &self.rules[i];
+        if !rule.conditions_hold(turn, headers) {
+            return None;
+        }
+        match &rule.target {
+            Target::Cluster(c) => (!self.draining[*c]).then_some(*c),
+            Target::Split(s) => s.choose(&turn.userid, |c| !self.draining[c]),
+        }
+    }
+}
+
+/// Pick the cluster for a new call: first matching rule in file order, else the default.
+/// A rule whose cluster is draining (or a split whose clusters all are) is passed over.
+pub fn decide(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Decision {
+    let indexed: &[u32] = match turn.dialog.vdn() {
+        Some(v) => routing.index.rules_for(v),
+        None => &[],
+    };
+    // Merge the two ordered lists of rule indices.
+    let (mut a, mut b) = (indexed.iter().peekable(), routing.unindexed.iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(&&x), Some(&&y)) => {
+                if x < y {
+                    a.next();
+                    x
+                } else {
+                    b.next();
+                    y
+                }
+            }
+            (Some(&&x), None) => {
+                a.next();
+                x
+            }
+            (None, Some(&&y)) => {
+                b.next();
+                y
+            }
+            (None, None) => break,
+        } as usize;
+        if let Some(cluster) = routing.try_rule(next, turn, headers) {
+            return Decision { rule: RuleRef::Rule(next), cluster };
+        }
+    }
+    Decision { rule: RuleRef::Default, cluster: routing.default }
+}
+
+/// Vdn → ordered indices of the rules whose vdn condition contains it. Elementary segments of
+/// the vdn line, each with its list; built with one sweep, looked up by binary search.
+#[derive(Debug, Clone, Default)]
+struct VdnIndex {
+    /// Segment starts, ascending; segment `k` spans `starts[k] ..= starts[k+1]-1`.
+    starts: Vec<u64>,
+    lists: Vec<Arc<[u32]>>,
+}
+
+impl VdnIndex {
+    fn build(rules: &[Rule]) -> VdnIndex {
+        // Events: at `lo` a rule becomes active, at `hi+1` it stops.
+        let mut events: Vec<(u64, bool, u32)> = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            for &(lo, hi) in r.vdn.iter().flatten() {
+                events.push((lo as u64, true, i as u32));
+                events.push((hi as u64 + 1, false, i as u32));
+            }
+        }
+        events.sort_unstable();
+        // A rule may list overlapping ranges: count activations per rule.
+        let mut active: std::collections::BTreeMap<u32, u32> = Default::default();
+        let mut idx = VdnIndex::default();
+        let empty: Arc<[u32]> = Arc::from(Vec::new());
+        let mut k = 0;
+        while k < events.len() {
+            let at = events[k].0;
+            while k < events.len() && events[k].0 == at {
+                let (_, on, rule) = events[k];
+                if on {
+                    *active.entry(rule).or_default() += 1;
+                } else if let Some(n) = active.get_mut(&rule) {
+                    *n -= 1;
+                    if *n == 0 {
+                        active.remove(&rule);
+                    }
+                }
+                k += 1;
+            }
+            let list: Arc<[u32]> = if active.is_empty() {
+                empty.clone()
+            } else {
+                let set: BTreeSet<u32> = active.keys().copied().collect();
+                Arc::from(set.into_iter().collect::<Vec<_>>())
+            };
+            idx.starts.push(at);
+            idx.lists.push(list);
+        }
+        idx
+    }
+
+    fn rules_for(&self, vdn: u32) -> &[u32] {
+        let v = vdn as u64;
+        match self.starts.binary_search(&v) {
+            Ok(k) => &self.lists[k],
+            Err(0) => &[],
+            Err(k) => &self.lists[k - 1],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// A decision with its reasons, for `graygate explain` and `GET /admin/explain`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Explanation {
+    pub rule: String,
+    pub cluster: String,
+    pub why: String,
+    /// Rules passed over on the way, with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// Decide and say why, rule by rule.
+pub fn explain(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Explanation {
+    let d = decide(turn, headers, routing);
+    let mut skipped = Vec::new();
+    let last = match d.rule {
+        RuleRef::Rule(i) => i,
+        RuleRef::Default => routing.rules.len(),
+    };
+    for (i, r) in routing.rules.iter().enumerate().take(last) {
+        if r.vdn.is_some() && turn.dialog.vdn().is_none() {
+            skipped.push(format!("{}: has a vdn condition and this is a V1 request", r.name));
+        } else if !r.conditions_hold(turn, headers) {
+            skipped.push(format!("{}: conditions do not hold", r.name));
+        } else {
+            skipped.push(format!("{}: its cluster is draining", r.name));
+        }
+        let _ = i;
+    }
+    let why = match d.rule {
+        RuleRef::Rule(i) => match &routing.rules[i].target {
+            Target::Cluster(_) => format!("rule `{}` matched (first match wins)", routing.rules[i].name),
+            Target::Split(s) => {
+                let total: f64 = s.candidates.iter().filter(|c| !routing.draining[c.cluster]).map(|c| c.weight).sum();
+                let w = s.candidates.iter().find(|c| c.cluster == d.cluster).map(|c| c.weight).unwrap_or(0.0);
+                format!(
+                    "rule `{}` matched; its split chose `{}` by rendezvous hash of the userid (weight {w} of {total})",
+                    routing.rules[i].name,
+                    routing.cluster_name(d.cluster)
+                )
+            }
+        },
+        RuleRef::Default => "no rule matched: the default cluster".to_string(),
+    };
+    Explanation { rule: routing.rule_name(d.rule).to_string(), cluster: routing.cluster_name(d.cluster).to_string(), why, skipped }
+}

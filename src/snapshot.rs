@@ -1,0 +1,108 @@
+//! The immutable compiled config of one generation, and `Live`, the one `ArcSwap` holding the
+//! running one.
+//!
+//! Everything that must agree within a turn — rules, cluster specs and pools, limits, pin
+//! policy, generation — sits in one `Snapshot` behind one atomic pointer. A turn loads it once
+//! at its start and uses that one to its end, so it never mixes two generations, and nothing on
+//! the hot path takes a lock on the config.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::pins::names::NameId;
+use crate::pins::PinPolicy;
+use crate::probe::ProbeSpec;
+use crate::router::Routing;
+use crate::upstream::{ClusterPool, ClusterSpec};
+
+/// Limits of the dialog listener and requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body: u64,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Where pins live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Memory { snapshot: Option<PathBuf> },
+    Redis { url: String, key_prefix: String, timeout: Duration },
+}
+
+/// TLS of the dialog listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// One cluster of the snapshot.
+pub struct ClusterEntry {
+    pub name: Arc<str>,
+    pub id: NameId,
+    pub spec: ClusterSpec,
+}
+
+/// A compiled, validated config. `pools` is filled when the snapshot is made live (empty for
+/// `graygate check` and `explain`).
+pub struct Snapshot {
+    pub generation: u64,
+    pub sha256: String,
+    pub loaded_at_ms: u64,
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub tls: Option<ListenerTls>,
+    pub admin_token: Option<Arc<str>>,
+    pub decision_header: bool,
+    pub limits: Limits,
+    pub pins: PinPolicy,
+    pub store: StoreSpec,
+    pub probe: ProbeSpec,
+    pub routing: Routing,
+    pub clusters: Vec<ClusterEntry>,
+    /// Interned rule names by rule index.
+    pub rule_ids: Vec<NameId>,
+    pub default_rule_id: NameId,
+    /// Pools by cluster index (same order as `clusters`).
+    pub pools: Vec<Arc<ClusterPool>>,
+}
+
+impl Snapshot {
+    pub fn rule_id(&self, r: crate::router::RuleRef) -> NameId {
+        match r {
+            crate::router::RuleRef::Rule(i) => self.rule_ids.get(i).copied().unwrap_or(self.default_rule_id),
+            crate::router::RuleRef::Default => self.default_rule_id,
+        }
+    }
+
+    pub fn cluster_ids(&self) -> Vec<NameId> {
+        self.clusters.iter().map(|c| c.id).collect()
+    }
+
+    /// Index of a cluster in this snapshot by interned id.
+    pub fn cluster_index_of(&self, id: NameId) -> Option<usize> {
+        self.clusters.iter().position(|c| c.id == id)
+    }
+}
+
+/// The running snapshot.
+pub type Live = Arc<ArcSwap<Snapshot>>;

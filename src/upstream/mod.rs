@@ -1,0 +1,253 @@
+//! Upstreams: one long-lived [`ClusterPool`] per cluster name, reconciled on each config load.
+//!
+//! Rules and weights change with every file; pools, endpoint health and embedded backends must
+//! survive reloads. `reconcile` keeps a cluster's pool when it stays in the file (swapping in
+//! new settings and endpoints, keeping each surviving endpoint's health), creates pools for new
+//! clusters, and keeps a removed cluster as *retired* while pins point at it. Pinned turns find
+//! their pool here by cluster id, never in the snapshot, so a retired cluster still serves its
+//! calls to their end.
+
+pub mod balance;
+pub mod client;
+pub mod embedded;
+pub mod pool;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+pub use balance::Balance;
+pub use client::UpstreamError;
+pub use pool::{ClusterPool, Endpoint, InflightGuard, PickError};
+
+use crate::config::value::EndpointUrl;
+use crate::metrics::Metrics;
+use crate::pins::names::{self, NameId};
+
+/// A cluster as one config generation describes it (compiled, validated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSpec {
+    pub endpoints: Vec<EndpointUrl>,
+    pub embedded: Option<EmbeddedSpec>,
+    pub balance: Balance,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_inflight: u32,
+    pub health: Option<HealthSpec>,
+    pub outlier: OutlierSpec,
+    pub fallback: Option<String>,
+    pub tls: TlsSpec,
+    pub drain: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedSpec {
+    pub label: String,
+    pub flows: Option<String>,
+    pub instances: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub path: Option<String>,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierSpec {
+    pub consecutive_failures: u32,
+    pub eject_for: Duration,
+    pub max_ejected: f64,
+}
+
+impl Default for OutlierSpec {
+    fn default() -> Self {
+        OutlierSpec { consecutive_failures: 5, eject_for: Duration::from_secs(30), max_ejected: 0.5 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsSpec {
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub server_name: Option<String>,
+}
+
+/// Lifecycle of a cluster, as `/admin/config` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    Active,
+    Draining,
+    /// Gone from the file, still serving pinned calls; disappears with its last pin.
+    Retired,
+}
+
+impl ClusterState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Active => "active",
+            ClusterState::Draining => "draining",
+            ClusterState::Retired => "retired",
+        }
+    }
+}
+
+/// All pools by cluster id.
+pub struct Upstreams {
+    pools: ArcSwap<HashMap<NameId, Arc<ClusterPool>>>,
+    metrics: Metrics,
+    /// Serializes reconciles (reloads are rare; the hot path never takes this).
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Upstreams {
+    pub fn new(metrics: Metrics) -> Self {
+        Upstreams { pools: ArcSwap::from_pointee(HashMap::new()), metrics, lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The pool of a cluster, active or retired.
+    pub fn get(&self, id: NameId) -> Option<Arc<ClusterPool>> {
+        self.pools.load().get(&id).cloned()
+    }
+
+    /// Every pool, for views.
+    pub fn all(&self) -> Vec<Arc<ClusterPool>> {
+        let mut v: Vec<_> = self.pools.load().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Live pins of a cluster in this replica's table (the `graygate_pins` gauge).
+    pub fn pin_count(&self, name: &str) -> i64 {
+        self.metrics.pins.with_label_values(&[name]).get()
+    }
+
+    /// Make the pools match `specs` (in the snapshot's cluster order) and return them in that
+    /// order. Pools of clusters that left the file stay while they have pins.
+    pub async fn reconcile(&self, specs: &[(Arc<str>, ClusterSpec)]) -> Result<Vec<Arc<ClusterPool>>, String> {
+        let _guard = self.lock.lock().await;
+        let current = self.pools.load_full();
+        let mut next: HashMap<NameId, Arc<ClusterPool>> = HashMap::new();
+        let mut ordered = Vec::with_capacity(specs.len());
+        for (name, spec) in specs {
+            let id = names::intern(name);
+            let pool = match current.get(&id) {
+                Some(pool) => {
+                    self.update(pool, spec).await?;
+                    pool.clone()
+                }
+                None => self.create(name.clone(), id, spec).await?,
+            };
+            next.insert(id, pool.clone());
+            ordered.push(pool);
+        }
+        for (id, pool) in current.iter() {
+            if next.contains_key(id) {
+                continue;
+            }
+            if self.pin_count(&pool.name) > 0 {
+                tracing::info!(cluster = %pool.name, pins = self.pin_count(&pool.name), "cluster retired: serving its pinned calls until they end");
+                next.insert(*id, pool.clone());
+            } else {
+                tracing::info!(cluster = %pool.name, "cluster removed");
+                self.forget_endpoints(pool);
+            }
+        }
+        self.pools.store(Arc::new(next));
+        Ok(ordered)
+    }
+
+    /// Drop retired pools whose last pin is gone. `active`: ids in the running snapshot.
+    pub fn drop_empty_retired(&self, active: &[NameId]) -> usize {
+        let current = self.pools.load_full();
+        let gone: Vec<NameId> = current
+            .iter()
+            .filter(|(id, pool)| !active.contains(id) && self.pin_count(&pool.name) <= 0)
+            .map(|(id, _)| *id)
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let mut next = HashMap::clone(&current);
+        for id in &gone {
+            if let Some(pool) = next.remove(id) {
+                tracing::info!(cluster = %pool.name, "retired cluster has no pins left: removed");
+                self.forget_endpoints(&pool);
+            }
+        }
+        self.pools.store(Arc::new(next));
+        gone.len()
+    }
+
+    fn forget_endpoints(&self, pool: &ClusterPool) {
+        for e in pool.state.load().endpoints.iter() {
+            let _ = self.metrics.endpoint_healthy.remove_label_values(&[&pool.name, &e.url]);
+        }
+    }
+
+    async fn create(&self, name: Arc<str>, id: NameId, spec: &ClusterSpec) -> Result<Arc<ClusterPool>, String> {
+        let (endpoints, embedded) = match &spec.embedded {
+            Some(e) => {
+                let cluster = embedded::start(e).await.map_err(|err| format!("cluster {name}: {err}"))?;
+                let eps = cluster.addrs.iter().map(|a| Arc::new(Endpoint::new(&format!("http://{a}"), false))).collect();
+                (eps, Some(cluster))
+            }
+            None => (spec.endpoints.iter().map(|u| Arc::new(Endpoint::new(&u.text, u.https))).collect(), None),
+        };
+        let pool = ClusterPool::new(name.clone(), id, spec.clone(), endpoints, self.metrics.clone())
+            .map_err(|e| format!("cluster {name}: {e}"))?;
+        if let Ok(mut g) = pool.embedded.lock() {
+            *g = embedded;
+        }
+        Ok(Arc::new(pool))
+    }
+
+    async fn update(&self, pool: &Arc<ClusterPool>, spec: &ClusterSpec) -> Result<(), String> {
+        let old = pool.state.load_full();
+        if old.spec == *spec {
+            return Ok(());
+        }
+        // Embedded clusters keep their running backend unless its definition changed.
+        let endpoints: Vec<Arc<Endpoint>> = match &spec.embedded {
+            Some(e) if old.spec.embedded.as_ref() == Some(e) => old.endpoints.clone(),
+            Some(e) => {
+                let cluster = embedded::start(e).await.map_err(|err| format!("cluster {}: {err}", pool.name))?;
+                let eps = cluster.addrs.iter().map(|a| Arc::new(Endpoint::new(&format!("http://{a}"), false))).collect();
+                if let Ok(mut g) = pool.embedded.lock() {
+                    // The old instances stop when dropped; their calls' state goes with them,
+                    // as it would on a real ODFS redeploy.
+                    *g = Some(cluster);
+                }
+                eps
+            }
+            None => spec
+                .endpoints
+                .iter()
+                .map(|u| {
+                    old.endpoints.iter().find(|e| *e.url == *u.text).cloned().unwrap_or_else(|| Arc::new(Endpoint::new(&u.text, u.https)))
+                })
+                .collect(),
+        };
+        for e in old.endpoints.iter() {
+            if !endpoints.iter().any(|n| n.url == e.url) {
+                let _ = self.metrics.endpoint_healthy.remove_label_values(&[&pool.name, &e.url]);
+            }
+        }
+        for e in &endpoints {
+            self.metrics.endpoint_healthy.with_label_values(&[&pool.name, &e.url]).set(i64::from(pool.is_healthy(e)));
+        }
+        let client = if client_settings_equal(&old.spec, spec) { old.client.clone() } else { client::build(spec)? };
+        pool.state.store(Arc::new(pool::PoolState { spec: spec.clone(), endpoints, client }));
+        Ok(())
+    }
+}
+
+fn client_settings_equal(a: &ClusterSpec, b: &ClusterSpec) -> bool {
+    a.tls == b.tls && a.connect_timeout == b.connect_timeout && a.endpoints.iter().any(|e| e.https) == b.endpoints.iter().any(|e| e.https)
+}
