@@ -61,7 +61,12 @@ pub struct StartOptions {
 
 impl Default for StartOptions {
     fn default() -> Self {
-        StartOptions { watch: true, sighup: true, debounce: Duration::from_millis(200), sweep_every: Duration::from_secs(1) }
+        StartOptions {
+            watch: true,
+            sighup: true,
+            debounce: Duration::from_millis(200),
+            sweep_every: Duration::from_secs(1),
+        }
     }
 }
 
@@ -74,8 +79,15 @@ impl App {
             .map_err(StartError::Config)?;
         let metrics = Metrics::new();
         let upstreams = Arc::new(Upstreams::new(metrics.clone()));
-        let specs: Vec<_> = snap.clusters.iter().map(|c| (c.name.clone(), c.spec.clone())).collect();
-        snap.pools = upstreams.reconcile(&specs).await.map_err(StartError::Other)?;
+        let specs: Vec<_> = snap
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.spec.clone()))
+            .collect();
+        snap.pools = upstreams
+            .reconcile(&specs)
+            .await
+            .map_err(StartError::Other)?;
         snap.generation = 1;
         let tls = match &snap.tls {
             Some(t) => Some(Arc::new(TlsAcceptor::new(t).map_err(StartError::Other)?)),
@@ -86,19 +98,30 @@ impl App {
                 let m = MemoryStore::new(metrics.clone());
                 if let Some(file) = snapshot {
                     match m.load(file) {
-                        Ok((n, skipped)) => tracing::info!(file = %file.display(), restored = n, skipped, "pins restored"),
-                        Err(e) => tracing::error!(file = %file.display(), error = %e, "could not read the pin snapshot; starting empty"),
+                        Ok((n, skipped)) => {
+                            tracing::info!(file = %file.display(), restored = n, skipped, "pins restored")
+                        }
+                        Err(e) => {
+                            tracing::error!(file = %file.display(), error = %e, "could not read the pin snapshot; starting empty")
+                        }
                     }
                 }
                 Store::Memory(m)
             }
             StoreSpec::Redis { url, .. } => {
-                return Err(StartError::Other(format!("pins.store `{url}`: the Redis store is not available in this build")));
+                return Err(StartError::Other(format!(
+                    "pins.store `{url}`: the Redis store is not available in this build"
+                )));
             }
         };
         metrics.reload(true, Some(1));
         let live: Live = Arc::new(ArcSwap::from_pointee(snap));
-        let reloader = Reloader::new(path.to_path_buf(), live.clone(), upstreams.clone(), metrics.clone());
+        let reloader = Reloader::new(
+            path.to_path_buf(),
+            live.clone(),
+            upstreams.clone(),
+            metrics.clone(),
+        );
         if let Some(acceptor) = &tls {
             let acceptor = acceptor.clone();
             reloader.on_publish(Box::new(move |s| {
@@ -109,7 +132,12 @@ impl App {
         }
         let readiness = Arc::new(Readiness::default());
         readiness.set_config_loaded();
-        let proxy = Proxy::new(live.clone(), upstreams.clone(), pins.clone(), metrics.clone());
+        let proxy = Proxy::new(
+            live.clone(),
+            upstreams.clone(),
+            pins.clone(),
+            metrics.clone(),
+        );
         let admin = Arc::new(Admin {
             live: live.clone(),
             upstreams: upstreams.clone(),
@@ -122,7 +150,9 @@ impl App {
         if opts.watch {
             match reloader.spawn_watch(opts.debounce) {
                 Ok(h) => tasks.push(h),
-                Err(e) => tracing::warn!(error = %e, "cannot watch the config directory; reload with SIGHUP or POST /admin/reload"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the config directory; reload with SIGHUP or POST /admin/reload")
+                }
             }
         }
         #[cfg(unix)]
@@ -146,14 +176,30 @@ impl App {
                 }
             }));
         }
-        Ok(App { live, upstreams, pins, metrics, reloader, readiness, shutdown: Shutdown::new(), proxy, admin, tls, tasks })
+        Ok(App {
+            live,
+            upstreams,
+            pins,
+            metrics,
+            reloader,
+            readiness,
+            shutdown: Shutdown::new(),
+            proxy,
+            admin,
+            tls,
+            tasks,
+        })
     }
 
     /// Bind the addresses of the config.
     pub async fn bind(&self) -> std::io::Result<(TcpListener, TcpListener)> {
         let s = self.live.load();
-        let dialog = TcpListener::bind(s.listen).await.map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", s.listen)))?;
-        let admin = TcpListener::bind(s.admin).await.map_err(|e| std::io::Error::new(e.kind(), format!("admin {}: {e}", s.admin)))?;
+        let dialog = TcpListener::bind(s.listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", s.listen)))?;
+        let admin = TcpListener::bind(s.admin)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("admin {}: {e}", s.admin)))?;
         Ok((dialog, admin))
     }
 
@@ -170,24 +216,45 @@ impl App {
             grace,
             tls: self.tls.clone(),
         };
-        let admin_opts = ListenOptions { name: "admin", max_connections: 256, header_read_timeout: Duration::from_secs(10), grace, tls: None };
+        let admin_opts = ListenOptions {
+            name: "admin",
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            grace,
+            tls: None,
+        };
         let proxy = self.proxy.clone();
-        let d = tokio::spawn(listener::serve(dialog, dialog_opts, self.metrics.clone(), self.shutdown.clone(), move |req, addr, https| {
-            let proxy = proxy.clone();
-            async move { proxy.handle(req, Peer { addr, https }).await }
-        }));
+        let d = tokio::spawn(listener::serve(
+            dialog,
+            dialog_opts,
+            self.metrics.clone(),
+            self.shutdown.clone(),
+            move |req, addr, https| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(req, Peer { addr, https }).await }
+            },
+        ));
         let admin_svc = self.admin.clone();
-        let a = tokio::spawn(listener::serve(admin, admin_opts, self.metrics.clone(), self.shutdown.clone(), move |req, _addr, _https| {
-            let admin = admin_svc.clone();
-            async move { admin.handle(req).await }
-        }));
+        let a = tokio::spawn(listener::serve(
+            admin,
+            admin_opts,
+            self.metrics.clone(),
+            self.shutdown.clone(),
+            move |req, _addr, _https| {
+                let admin = admin_svc.clone();
+                async move { admin.handle(req).await }
+            },
+        ));
         self.readiness.set_listening();
         tracing::info!(dialog = ?dialog_addr, admin = ?admin_addr, generation = snap.generation, "graygate listening");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         self.shutdown.wait().await;
         self.readiness.set_shutting_down();
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining in-flight requests");
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: draining in-flight requests"
+        );
         let _ = d.await;
         let _ = a.await;
         for t in &self.tasks {
@@ -199,10 +266,18 @@ impl App {
 
     /// Write the pin table to `pins.snapshot` (memory store).
     pub fn save_pins(&self) {
-        if let (Store::Memory(m), StoreSpec::Memory { snapshot: Some(file) }) = (&self.pins, &self.live.load().store) {
+        if let (
+            Store::Memory(m),
+            StoreSpec::Memory {
+                snapshot: Some(file),
+            },
+        ) = (&self.pins, &self.live.load().store)
+        {
             match m.save(file) {
                 Ok(n) => tracing::info!(file = %file.display(), pins = n, "pins saved"),
-                Err(e) => tracing::error!(file = %file.display(), error = %e, "could not save pins"),
+                Err(e) => {
+                    tracing::error!(file = %file.display(), error = %e, "could not save pins")
+                }
             }
         }
     }

@@ -25,7 +25,10 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Self {
         let (tx, rx) = watch::channel(false);
-        Shutdown { tx: Arc::new(tx), rx }
+        Shutdown {
+            tx: Arc::new(tx),
+            rx,
+        }
     }
 
     pub fn trigger(&self) {
@@ -64,7 +67,9 @@ impl Readiness {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
     pub fn is_ready(&self) -> bool {
-        self.config_loaded.load(Ordering::SeqCst) && self.listening.load(Ordering::SeqCst) && !self.shutting_down.load(Ordering::SeqCst)
+        self.config_loaded.load(Ordering::SeqCst)
+            && self.listening.load(Ordering::SeqCst)
+            && !self.shutting_down.load(Ordering::SeqCst)
     }
 }
 

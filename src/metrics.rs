@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::pins::ReleaseReason;
@@ -39,8 +39,10 @@ pub const NAMES: &[&str] = &[
 
 /// Latency buckets from 100 µs to 10 s: a gateway hop is sub-millisecond, an ODFS turn is tens
 /// of milliseconds to seconds.
-const BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -79,20 +81,26 @@ impl std::ops::Deref for Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(g.clone())).expect("metric registered once");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), labels)
-        .expect("static metric definition");
-    r.register(Box::new(h.clone())).expect("metric registered once");
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("static metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
     h
 }
 
@@ -112,34 +120,124 @@ impl Metrics {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = r.register(Box::new(pc));
         }
-        let generation = IntGauge::new("graygate_config_generation", "Generation of the running config").expect("static");
+        let generation = IntGauge::new(
+            "graygate_config_generation",
+            "Generation of the running config",
+        )
+        .expect("static");
         r.register(Box::new(generation.clone())).expect("once");
         let last_reload_success = prometheus::Gauge::new(
             "graygate_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load",
         )
         .expect("static");
-        r.register(Box::new(last_reload_success.clone())).expect("once");
+        r.register(Box::new(last_reload_success.clone()))
+            .expect("once");
         let inner = Inner {
-            requests: counter(&r, "graygate_requests_total", "Requests by cluster, rule, inaction and HTTP status", &["cluster", "rule", "inaction", "code"]),
-            request_duration: histogram(&r, "graygate_request_duration_seconds", "Whole time of a request in the gateway", &["cluster", "inaction"]),
-            upstream_duration: histogram(&r, "graygate_upstream_duration_seconds", "Time waiting for the upstream", &["cluster"]),
-            gateway_errors: counter(&r, "graygate_gateway_errors_total", "Errors answered by the gateway itself, by errorCode", &["code"]),
-            pins: gauge(&r, "graygate_pins", "Live call pins in this replica's table", &["cluster"]),
-            pins_created: counter(&r, "graygate_pins_created_total", "Pins created (new calls)", &["cluster"]),
-            pins_released: counter(&r, "graygate_pins_released_total", "Pins released, by reason", &["cluster", "reason"]),
-            orphan_turns: counter(&r, "graygate_orphan_turns_total", "Later turns with no pin", &["action"]),
-            reloads: counter(&r, "graygate_config_reloads_total", "Config loads by result", &["result"]),
+            requests: counter(
+                &r,
+                "graygate_requests_total",
+                "Requests by cluster, rule, inaction and HTTP status",
+                &["cluster", "rule", "inaction", "code"],
+            ),
+            request_duration: histogram(
+                &r,
+                "graygate_request_duration_seconds",
+                "Whole time of a request in the gateway",
+                &["cluster", "inaction"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "graygate_upstream_duration_seconds",
+                "Time waiting for the upstream",
+                &["cluster"],
+            ),
+            gateway_errors: counter(
+                &r,
+                "graygate_gateway_errors_total",
+                "Errors answered by the gateway itself, by errorCode",
+                &["code"],
+            ),
+            pins: gauge(
+                &r,
+                "graygate_pins",
+                "Live call pins in this replica's table",
+                &["cluster"],
+            ),
+            pins_created: counter(
+                &r,
+                "graygate_pins_created_total",
+                "Pins created (new calls)",
+                &["cluster"],
+            ),
+            pins_released: counter(
+                &r,
+                "graygate_pins_released_total",
+                "Pins released, by reason",
+                &["cluster", "reason"],
+            ),
+            orphan_turns: counter(
+                &r,
+                "graygate_orphan_turns_total",
+                "Later turns with no pin",
+                &["action"],
+            ),
+            reloads: counter(
+                &r,
+                "graygate_config_reloads_total",
+                "Config loads by result",
+                &["result"],
+            ),
             generation,
             last_reload_success,
-            endpoint_healthy: gauge(&r, "graygate_upstream_endpoint_healthy", "1 when the endpoint takes new calls", &["cluster", "endpoint"]),
-            inflight: gauge(&r, "graygate_inflight_requests", "Requests in flight to a cluster", &["cluster"]),
-            ejections: counter(&r, "graygate_endpoint_ejections_total", "Endpoints ejected by outlier detection", &["cluster", "endpoint"]),
-            fallbacks: counter(&r, "graygate_fallbacks_total", "New calls sent to a fallback cluster", &["from", "to"]),
-            pin_store_errors: counter(&r, "graygate_pin_store_errors_total", "Pin store operations that failed or timed out", &["op"]),
-            pin_store_duration: histogram(&r, "graygate_pin_store_duration_seconds", "Pin store operation time", &["op"]),
-            connections: gauge(&r, "graygate_connections", "Open client connections", &["listener"]),
-            rejected_connections: counter(&r, "graygate_rejected_connections_total", "Connections refused or cut", &["reason"]),
+            endpoint_healthy: gauge(
+                &r,
+                "graygate_upstream_endpoint_healthy",
+                "1 when the endpoint takes new calls",
+                &["cluster", "endpoint"],
+            ),
+            inflight: gauge(
+                &r,
+                "graygate_inflight_requests",
+                "Requests in flight to a cluster",
+                &["cluster"],
+            ),
+            ejections: counter(
+                &r,
+                "graygate_endpoint_ejections_total",
+                "Endpoints ejected by outlier detection",
+                &["cluster", "endpoint"],
+            ),
+            fallbacks: counter(
+                &r,
+                "graygate_fallbacks_total",
+                "New calls sent to a fallback cluster",
+                &["from", "to"],
+            ),
+            pin_store_errors: counter(
+                &r,
+                "graygate_pin_store_errors_total",
+                "Pin store operations that failed or timed out",
+                &["op"],
+            ),
+            pin_store_duration: histogram(
+                &r,
+                "graygate_pin_store_duration_seconds",
+                "Pin store operation time",
+                &["op"],
+            ),
+            connections: gauge(
+                &r,
+                "graygate_connections",
+                "Open client connections",
+                &["listener"],
+            ),
+            rejected_connections: counter(
+                &r,
+                "graygate_rejected_connections_total",
+                "Connections refused or cut",
+                &["reason"],
+            ),
             registry: r,
         };
         // Make the zero-valued series visible from the start, so alerts and dashboards see them.
@@ -158,7 +256,9 @@ impl Metrics {
         for op in ["get", "put", "touch", "release"] {
             inner.pin_store_errors.with_label_values(&[op]);
         }
-        Metrics { inner: Arc::new(inner) }
+        Metrics {
+            inner: Arc::new(inner),
+        }
     }
 
     pub fn pin_created(&self, cluster: &str) {
@@ -167,7 +267,9 @@ impl Metrics {
     }
 
     pub fn pin_released(&self, cluster: &str, reason: ReleaseReason) {
-        self.pins_released.with_label_values(&[cluster, reason.as_str()]).inc();
+        self.pins_released
+            .with_label_values(&[cluster, reason.as_str()])
+            .inc();
         self.pins.with_label_values(&[cluster]).dec();
     }
 
@@ -175,12 +277,21 @@ impl Metrics {
     pub fn observe(&self, rec: &TurnRecord) {
         let inaction = rec.inaction.map(|i| i.label()).unwrap_or("other");
         let code = itoa::Buffer::new().format(rec.status).to_string();
-        self.requests.with_label_values(&[rec.cluster.as_deref().unwrap_or("-"), rec.rule.as_deref().unwrap_or("-"), inaction, &code]).inc();
+        self.requests
+            .with_label_values(&[
+                rec.cluster.as_deref().unwrap_or("-"),
+                rec.rule.as_deref().unwrap_or("-"),
+                inaction,
+                &code,
+            ])
+            .inc();
         self.request_duration
             .with_label_values(&[rec.cluster.as_deref().unwrap_or("-"), inaction])
             .observe(rec.total.as_secs_f64());
         if let (Some(c), Some(u)) = (rec.cluster.as_deref(), rec.upstream) {
-            self.upstream_duration.with_label_values(&[c]).observe(u.as_secs_f64());
+            self.upstream_duration
+                .with_label_values(&[c])
+                .observe(u.as_secs_f64());
         }
         if let Some(code) = rec.error_code {
             self.gateway_errors.with_label_values(&[code]).inc();
@@ -188,10 +299,13 @@ impl Metrics {
     }
 
     pub fn reload(&self, ok: bool, generation: Option<u64>) {
-        self.reloads.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+        self.reloads
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
         if let Some(g) = generation {
             self.generation.set(g as i64);
-            self.last_reload_success.set(crate::pins::memory::wall_ms() as f64 / 1000.0);
+            self.last_reload_success
+                .set(crate::pins::memory::wall_ms() as f64 / 1000.0);
         }
     }
 

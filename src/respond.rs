@@ -60,7 +60,9 @@ impl GatewayError {
             GatewayError::BodyRead(_) => (StatusCode::BAD_REQUEST, "GW.BAD_JSON"),
             GatewayError::Upstream(_) => (StatusCode::BAD_GATEWAY, "GW.UPSTREAM"),
             GatewayError::NoUpstream(_) => (StatusCode::SERVICE_UNAVAILABLE, "GW.NO_UPSTREAM"),
-            GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "GW.UPSTREAM_TIMEOUT"),
+            GatewayError::UpstreamTimeout(_) => {
+                (StatusCode::GATEWAY_TIMEOUT, "GW.UPSTREAM_TIMEOUT")
+            }
         }
     }
 
@@ -73,7 +75,9 @@ impl GatewayError {
             GatewayError::MissingInaction => "no inaction in the body".into(),
             GatewayError::BadInaction => "inaction must be an integer".into(),
             GatewayError::Method => "dialog interfaces accept POST only".into(),
-            GatewayError::OrphanTurn => "a later turn of a call this gateway has no pin for (orphan_turns: reject)".into(),
+            GatewayError::OrphanTurn => {
+                "a later turn of a call this gateway has no pin for (orphan_turns: reject)".into()
+            }
             GatewayError::BodyTooLarge(n) => format!("body is larger than max_body ({n} bytes)"),
             GatewayError::BodyRead(s) => format!("could not read the request body: {s}"),
             GatewayError::Upstream(s) => format!("upstream failed: {s}"),
@@ -86,7 +90,9 @@ impl GatewayError {
     pub fn body(&self, userid: Option<&str>) -> Bytes {
         let (_, code) = self.row();
         let v = match userid {
-            Some(u) => serde_json::json!({"ret": -1, "userid": u, "errorCode": code, "errorMsg": self.message()}),
+            Some(u) => {
+                serde_json::json!({"ret": -1, "userid": u, "errorCode": code, "errorMsg": self.message()})
+            }
             None => serde_json::json!({"ret": -1, "errorCode": code, "errorMsg": self.message()}),
         };
         Bytes::from(v.to_string())
@@ -97,16 +103,26 @@ impl GatewayError {
         let (status, _) = self.row();
         let mut r = Response::new(B::from(self.body(userid)));
         *r.status_mut() = status;
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json;charset=UTF-8"),
+        );
         if matches!(self, GatewayError::Method) {
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
         }
         r
     }
 }
 
 /// `x-graygate-route: rule=<rule>; cluster=<name>; pin=<kind>; generation=<N>[; fallback=<from>]`
-pub fn decision_header(rule: &str, cluster: &str, pin: &str, generation: u64, fallback_from: Option<&str>) -> Option<HeaderValue> {
+pub fn decision_header(
+    rule: &str,
+    cluster: &str,
+    pin: &str,
+    generation: u64,
+    fallback_from: Option<&str>,
+) -> Option<HeaderValue> {
     let mut s = format!("rule={rule}; cluster={cluster}; pin={pin}; generation={generation}");
     if let Some(f) = fallback_from {
         s.push_str("; fallback=");
@@ -171,7 +187,10 @@ pub fn peek_outaction(body: &[u8]) -> Option<Outaction> {
         }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    de::Deserializer::deserialize_map(&mut de, V).ok().flatten().map(Outaction)
+    de::Deserializer::deserialize_map(&mut de, V)
+        .ok()
+        .flatten()
+        .map(Outaction)
 }
 
 #[cfg(test)]
@@ -192,7 +211,11 @@ mod tests {
             (GatewayError::BodyTooLarge(1), 413, "GW.BODY_TOO_LARGE"),
             (GatewayError::Upstream("x".into()), 502, "GW.UPSTREAM"),
             (GatewayError::NoUpstream("x".into()), 503, "GW.NO_UPSTREAM"),
-            (GatewayError::UpstreamTimeout("x".into()), 504, "GW.UPSTREAM_TIMEOUT"),
+            (
+                GatewayError::UpstreamTimeout("x".into()),
+                504,
+                "GW.UPSTREAM_TIMEOUT",
+            ),
         ];
         for (e, status, code) in rows {
             let (s, c) = e.row();
@@ -207,8 +230,14 @@ mod tests {
 
     #[test]
     fn outaction_as_number_or_string() {
-        assert_eq!(peek_outaction(br#"{"ret":0,"outaction":10,"outparams":{"a":[1]}}"#), Some(Outaction(10)));
-        assert_eq!(peek_outaction(br#"{"ret":"0","outaction":"13"}"#), Some(Outaction(13)));
+        assert_eq!(
+            peek_outaction(br#"{"ret":0,"outaction":10,"outparams":{"a":[1]}}"#),
+            Some(Outaction(10))
+        );
+        assert_eq!(
+            peek_outaction(br#"{"ret":"0","outaction":"13"}"#),
+            Some(Outaction(13))
+        );
         assert_eq!(peek_outaction(br#"{"ret":0}"#), None);
         assert_eq!(peek_outaction(b"not json"), None);
     }

@@ -42,8 +42,14 @@ impl Default for Limits {
 /// Where pins live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
-    Memory { snapshot: Option<PathBuf> },
-    Redis { url: String, key_prefix: String, timeout: Duration },
+    Memory {
+        snapshot: Option<PathBuf>,
+    },
+    Redis {
+        url: String,
+        key_prefix: String,
+        timeout: Duration,
+    },
 }
 
 /// TLS of the dialog listener.
@@ -89,7 +95,11 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn rule_id(&self, r: crate::router::RuleRef) -> NameId {
         match r {
-            crate::router::RuleRef::Rule(i) => self.rule_ids.get(i).copied().unwrap_or(self.default_rule_id),
+            crate::router::RuleRef::Rule(i) => self
+                .rule_ids
+                .get(i)
+                .copied()
+                .unwrap_or(self.default_rule_id),
             crate::router::RuleRef::Default => self.default_rule_id,
         }
     }

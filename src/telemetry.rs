@@ -26,10 +26,19 @@ pub fn init(json: Option<bool>) -> Option<LogGuard> {
     let result = if json {
         tracing_subscriber::registry()
             .with(filter)
-            .with(fmt::layer().json().flatten_event(true).with_current_span(false).with_writer(writer))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(writer),
+            )
             .try_init()
     } else {
-        tracing_subscriber::registry().with(filter).with(fmt::layer().with_writer(writer)).try_init()
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt::layer().with_writer(writer))
+            .try_init()
     };
     result.ok().map(|_| guard)
 }

@@ -29,15 +29,24 @@ pub struct Admin {
 
 pub type AdminBody = Full<Bytes>;
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<AdminBody> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<AdminBody> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<AdminBody> {
-    respond(status, "application/json", serde_json::to_vec_pretty(v).unwrap_or_default())
+    respond(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
 }
 
 fn error(status: StatusCode, msg: &str) -> Response<AdminBody> {
@@ -60,7 +69,13 @@ impl Admin {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         match (&method, path.as_str()) {
-            (&Method::GET, "/metrics") => return respond(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.encode()),
+            (&Method::GET, "/metrics") => {
+                return respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.encode(),
+                )
+            }
             (&Method::GET, "/healthz") => return respond(StatusCode::OK, "text/plain", "ok\n"),
             (&Method::GET, "/readyz") => {
                 return if self.readiness.is_ready() {
@@ -75,10 +90,15 @@ impl Admin {
             return error(StatusCode::NOT_FOUND, "no such admin path");
         }
         if let Some(token) = self.live.load().admin_token.clone() {
-            let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
             if !presented.is_some_and(|p| ct_eq(p.trim().as_bytes(), token.as_bytes())) {
                 let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return r;
             }
         }
@@ -88,10 +108,15 @@ impl Admin {
                 Ok(g) => json(StatusCode::OK, &serde_json::json!({ "generation": g })),
                 Err(errs) => {
                     let list: Vec<_> = errs.0.iter().map(|e| serde_json::json!({"line": e.line, "column": e.column, "path": e.path, "message": e.message})).collect();
-                    json(StatusCode::UNPROCESSABLE_ENTITY, &serde_json::json!({ "errors": list }))
+                    json(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &serde_json::json!({ "errors": list }),
+                    )
                 }
             },
-            (&Method::GET, "/admin/explain") => views::explain(&self, req.uri().query().unwrap_or("")).await,
+            (&Method::GET, "/admin/explain") => {
+                views::explain(&self, req.uri().query().unwrap_or("")).await
+            }
             (m, p) if p.starts_with("/admin/pins/") => {
                 let userid = percent_decode(&p["/admin/pins/".len()..]);
                 if userid.is_empty() {
@@ -110,12 +135,15 @@ impl Admin {
                     }
                     _ => {
                         let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "GET or DELETE");
-                        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, DELETE"));
+                        r.headers_mut()
+                            .insert(header::ALLOW, HeaderValue::from_static("GET, DELETE"));
                         r
                     }
                 }
             }
-            (_, "/admin/config" | "/admin/reload" | "/admin/explain") => error(StatusCode::METHOD_NOT_ALLOWED, "wrong method for this path"),
+            (_, "/admin/config" | "/admin/reload" | "/admin/explain") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "wrong method for this path")
+            }
             _ => error(StatusCode::NOT_FOUND, "no such admin path"),
         }
     }
@@ -129,7 +157,9 @@ pub fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         out.push(v);
@@ -156,7 +186,10 @@ pub fn query_pairs(q: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(&k.replace('+', " ")), percent_decode(&v.replace('+', " ")))
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
         })
         .collect()
 }
@@ -177,6 +210,12 @@ mod tests {
     fn decoding() {
         assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
         assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(query_pairs("vdn=101&userid=a%2Bb"), vec![("vdn".into(), "101".into()), ("userid".into(), "a+b".into())]);
+        assert_eq!(
+            query_pairs("vdn=101&userid=a%2Bb"),
+            vec![
+                ("vdn".into(), "101".into()),
+                ("userid".into(), "a+b".into())
+            ]
+        );
     }
 }

@@ -11,7 +11,8 @@ use crate::router::{explain as explain_rules, Target};
 use crate::upstream::ClusterState;
 
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 pub fn pin(userid: &str, p: &Pin) -> serde_json::Value {
@@ -113,14 +114,26 @@ pub async fn explain(a: &Admin, query: &str) -> Response<AdminBody> {
                 Ok(n) => inaction = Inaction(n),
                 Err(_) => return error(StatusCode::BAD_REQUEST, "inaction must be an integer"),
             },
-            _ => return error(StatusCode::BAD_REQUEST, &format!("unknown parameter `{k}` (vdn, userid, inaction)")),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown parameter `{k}` (vdn, userid, inaction)"),
+                )
+            }
         }
     }
-    let Some(userid) = userid.filter(|u| (1..=MAX_USERID_CHARS).contains(&u.chars().count())) else {
-        return error(StatusCode::BAD_REQUEST, "userid (1 to 64 characters) is required");
+    let Some(userid) = userid.filter(|u| (1..=MAX_USERID_CHARS).contains(&u.chars().count()))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "userid (1 to 64 characters) is required",
+        );
     };
     if let Some(p) = a.pins.peek(&userid).await {
-        return json(StatusCode::OK, &serde_json::json!({ "pin": pin(&userid, &p), "why": "the call is pinned: every turn goes to its cluster" }));
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "pin": pin(&userid, &p), "why": "the call is pinned: every turn goes to its cluster" }),
+        );
     }
     let snap = a.live.load();
     let turn = Turn {

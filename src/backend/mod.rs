@@ -22,7 +22,13 @@ pub struct BackendOptions {
 
 impl Default for BackendOptions {
     fn default() -> Self {
-        BackendOptions { label: "odfs".into(), flows: None, tenants: None, idle_timeout: Duration::from_secs(600), sys_err_cap: 3 }
+        BackendOptions {
+            label: "odfs".into(),
+            flows: None,
+            tenants: None,
+            idle_timeout: Duration::from_secs(600),
+            sys_err_cap: 3,
+        }
     }
 }
 
@@ -57,9 +63,16 @@ impl Backend {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let me = me.clone();
                     async move {
-                        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                        let hangup = v.pointer("/inparams/input").and_then(|x| x.as_str()) == Some("hangup");
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        let hangup =
+                            v.pointer("/inparams/input").and_then(|x| x.as_str()) == Some("hangup");
                         let out = if hangup { 10 } else { 9 };
                         let answer = serde_json::json!({"ret":0,"userid":v.get("userid"),"outaction":out,"outparams":{}});
                         Ok::<_, Infallible>(

@@ -35,7 +35,11 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("changes: {d}");
-    println!("new calls whose cluster changes, per rule of {} ({} samples):", args.old.display(), args.sample);
+    println!(
+        "new calls whose cluster changes, per rule of {} ({} samples):",
+        args.old.display(),
+        args.sample
+    );
     for m in &moves {
         print!("  {:<24} {:>6.2}% moved", m.rule, m.moved * 100.0);
         for (flow, share) in &m.flows {

@@ -44,15 +44,21 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     body.insert("userid".into(), args.userid.clone().into());
     body.insert("inaction".into(), args.inaction.into());
     for f in &args.fields {
-        let (path, value) = f.split_once('=').ok_or_else(|| anyhow::anyhow!("--field takes path=value, got `{f}`"))?;
+        let (path, value) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--field takes path=value, got `{f}`"))?;
         let mut node = &mut body;
         let segs: Vec<&str> = path.split('.').collect();
         for (k, seg) in segs.iter().enumerate() {
             if k + 1 == segs.len() {
                 node.insert(seg.to_string(), value.into());
             } else {
-                let entry = node.entry(seg.to_string()).or_insert_with(|| serde_json::Value::Object(Default::default()));
-                node = entry.as_object_mut().ok_or_else(|| anyhow::anyhow!("--field `{path}` conflicts with another field"))?;
+                let entry = node
+                    .entry(seg.to_string())
+                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                node = entry.as_object_mut().ok_or_else(|| {
+                    anyhow::anyhow!("--field `{path}` conflicts with another field")
+                })?;
             }
         }
     }
@@ -61,13 +67,21 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let turn = scan(&bytes, dialog, &snap.probe).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut headers = HeaderMap::new();
     for h in &args.headers {
-        let (k, v) = h.split_once('=').ok_or_else(|| anyhow::anyhow!("--header takes name=value, got `{h}`"))?;
-        headers.append(HeaderName::from_bytes(k.trim().to_ascii_lowercase().as_bytes())?, HeaderValue::from_str(v.trim())?);
+        let (k, v) = h
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--header takes name=value, got `{h}`"))?;
+        headers.append(
+            HeaderName::from_bytes(k.trim().to_ascii_lowercase().as_bytes())?,
+            HeaderValue::from_str(v.trim())?,
+        );
     }
     let e = crate::router::explain(&turn, &headers, &snap.routing);
     let new_call = Inaction(args.inaction).starts_call();
     if args.json {
-        println!("{}", serde_json::json!({"rule": e.rule, "cluster": e.cluster, "why": e.why, "skipped": e.skipped, "new_call": new_call}));
+        println!(
+            "{}",
+            serde_json::json!({"rule": e.rule, "cluster": e.cluster, "why": e.why, "skipped": e.skipped, "new_call": new_call})
+        );
     } else {
         println!("rule:    {}", e.rule);
         println!("cluster: {}", e.cluster);

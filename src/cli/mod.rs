@@ -17,7 +17,11 @@ mod explain;
 mod serve;
 
 #[derive(Debug, Parser)]
-#[command(name = "graygate", version, about = "Gray-routing gateway for ODFS dialog interfaces")]
+#[command(
+    name = "graygate",
+    version,
+    about = "Gray-routing gateway for ODFS dialog interfaces"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: Common,
@@ -73,7 +77,12 @@ pub struct ConfigArg {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        None => serve::run(&cli.common, ConfigArg { config: PathBuf::from("routes.yaml") }),
+        None => serve::run(
+            &cli.common,
+            ConfigArg {
+                config: PathBuf::from("routes.yaml"),
+            },
+        ),
         Some(Command::Serve(args)) => serve::run(&cli.common, args),
         Some(Command::Check(args)) => check::run(args),
         Some(Command::Explain(args)) => explain::run(args),

@@ -7,7 +7,10 @@ use crate::app::{App, StartError, StartOptions};
 
 pub fn run(common: &Common, args: ConfigArg) -> anyhow::Result<ExitCode> {
     let _guard = crate::telemetry::init(common.json_logs());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("graygate").build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("graygate")
+        .build()?;
     rt.block_on(async move {
         let app = match App::start(&args.config, StartOptions::default()).await {
             Ok(a) => a,

@@ -29,7 +29,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&mut self, path: &str, msg: impl Into<String>) {
-        self.errors.push(Located::at_path(self.file, self.text, path, msg));
+        self.errors
+            .push(Located::at_path(self.file, self.text, path, msg));
     }
 
     /// Resolve a file named in the config relative to the config's directory.
@@ -60,16 +61,40 @@ fn positive(ctx: &mut Ctx, path: &str, d: Option<Duration>, default: Duration) -
 }
 
 /// Compile a parsed file. `file` names it in errors; `text` is its content (for positions).
-pub fn compile(rf: RoutesFile, file: &str, text: &str, config_path: &Path) -> Result<Snapshot, LocatedErrors> {
-    let base = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut ctx = Ctx { file, text, base: &base, errors: LocatedErrors::default() };
+pub fn compile(
+    rf: RoutesFile,
+    file: &str,
+    text: &str,
+    config_path: &Path,
+) -> Result<Snapshot, LocatedErrors> {
+    let base = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut ctx = Ctx {
+        file,
+        text,
+        base: &base,
+        errors: LocatedErrors::default(),
+    };
 
-    let listen = parse_addr(&mut ctx, "listen", rf.listen.as_deref().unwrap_or("0.0.0.0:8080"));
-    let admin = parse_addr(&mut ctx, "admin", rf.admin.as_deref().unwrap_or("127.0.0.1:9090"));
+    let listen = parse_addr(
+        &mut ctx,
+        "listen",
+        rf.listen.as_deref().unwrap_or("0.0.0.0:8080"),
+    );
+    let admin = parse_addr(
+        &mut ctx,
+        "admin",
+        rf.admin.as_deref().unwrap_or("127.0.0.1:9090"),
+    );
     let tls = rf.tls.as_ref().map(|t| ListenerTls {
         cert: ctx.check_file("tls.cert", &t.cert),
         key: ctx.check_file("tls.key", &t.key),
-        client_ca: t.client_ca.as_ref().map(|c| ctx.check_file("tls.client_ca", c)),
+        client_ca: t
+            .client_ca
+            .as_ref()
+            .map(|c| ctx.check_file("tls.client_ca", c)),
     });
     let admin_token = rf.admin_token_file.as_ref().and_then(|f| {
         let full = ctx.resolve(f);
@@ -80,7 +105,10 @@ pub fn compile(rf: RoutesFile, file: &str, text: &str, config_path: &Path) -> Re
                 None
             }
             Err(e) => {
-                ctx.err("admin_token_file", format!("cannot read `{}`: {e}", full.display()));
+                ctx.err(
+                    "admin_token_file",
+                    format!("cannot read `{}`: {e}", full.display()),
+                );
                 None
             }
         }
@@ -98,7 +126,11 @@ pub fn compile(rf: RoutesFile, file: &str, text: &str, config_path: &Path) -> Re
     let mut clusters = Vec::new();
     for (name, rc) in &rf.clusters {
         let spec = compile_cluster(&mut ctx, name, rc);
-        clusters.push(ClusterEntry { name: Arc::from(name.as_str()), id: names::intern(name), spec });
+        clusters.push(ClusterEntry {
+            name: Arc::from(name.as_str()),
+            id: names::intern(name),
+            spec,
+        });
     }
     // Fallbacks: must exist, not self, no cycles.
     let mut fallback = vec![None; clusters.len()];
@@ -119,7 +151,14 @@ pub fn compile(rf: RoutesFile, file: &str, text: &str, config_path: &Path) -> Re
             if seen.contains(&next) {
                 if next == start {
                     let chain: Vec<&str> = seen.iter().map(|&k| &*clusters[k].name).collect();
-                    ctx.err(&format!("clusters.{}.fallback", clusters[start].name), format!("fallback cycle: {} -> {}", chain.join(" -> "), clusters[start].name));
+                    ctx.err(
+                        &format!("clusters.{}.fallback", clusters[start].name),
+                        format!(
+                            "fallback cycle: {} -> {}",
+                            chain.join(" -> "),
+                            clusters[start].name
+                        ),
+                    );
                 }
                 break;
             }
@@ -137,7 +176,13 @@ pub fn compile(rf: RoutesFile, file: &str, text: &str, config_path: &Path) -> Re
         if r.name.trim().is_empty() {
             ctx.err(&at("name"), "a rule needs a name");
         } else if r.name == "default" || r.name == "-" {
-            ctx.err(&at("name"), format!("`{}` is reserved (it labels calls that no rule matched)", r.name));
+            ctx.err(
+                &at("name"),
+                format!(
+                    "`{}` is reserved (it labels calls that no rule matched)",
+                    r.name
+                ),
+            );
         } else if !seen_names.insert(&r.name) {
             ctx.err(&at("name"), format!("duplicate rule name `{}`", r.name));
         }
@@ -157,14 +202,20 @@ pub fn compile(rf: RoutesFile, file: &str, text: &str, config_path: &Path) -> Re
                 for (c, w) in split {
                     match index_of(c) {
                         Some(k) => cands.push((k, c.as_str(), w.0)),
-                        None => ctx.err(&format!("rules[{i}].split.{c}"), format!("unknown cluster `{c}`")),
+                        None => ctx.err(
+                            &format!("rules[{i}].split.{c}"),
+                            format!("unknown cluster `{c}`"),
+                        ),
                     }
                 }
                 let salt = r.salt.clone().unwrap_or_else(|| r.name.clone());
                 Some(Target::Split(Split::new(&salt, cands)))
             }
             (Some(_), Some(_)) => {
-                ctx.err(&at("split"), "a rule has either `cluster` or `split`, not both");
+                ctx.err(
+                    &at("split"),
+                    "a rule has either `cluster` or `split`, not both",
+                );
                 None
             }
             (None, None) => {
@@ -177,19 +228,31 @@ pub fn compile(rf: RoutesFile, file: &str, text: &str, config_path: &Path) -> Re
         }
         let vdn = r.vdn.as_ref().map(|v| {
             if v.is_empty() {
-                ctx.err(&at("vdn"), "an empty vdn list never matches; remove the key instead");
+                ctx.err(
+                    &at("vdn"),
+                    "an empty vdn list never matches; remove the key instead",
+                );
             }
             v.iter().map(|s| (s.lo, s.hi)).collect()
         });
-        let userid = r.userid.as_ref().map(|u| compile_userid(&mut ctx, &at("userid"), u));
+        let userid = r
+            .userid
+            .as_ref()
+            .map(|u| compile_userid(&mut ctx, &at("userid"), u));
         let mut fields = Vec::new();
         for (p, values) in r.fields.iter().flatten() {
             if p.split('.').any(|s| s.is_empty()) {
-                ctx.err(&format!("rules[{i}].fields"), format!("`{p}` is not a dotted path such as inparams.channelType"));
+                ctx.err(
+                    &format!("rules[{i}].fields"),
+                    format!("`{p}` is not a dotted path such as inparams.channelType"),
+                );
                 continue;
             }
             if matches!(p.as_str(), "userid" | "inaction") {
-                ctx.err(&format!("rules[{i}].fields"), format!("use the `userid` condition, not fields.{p}"));
+                ctx.err(
+                    &format!("rules[{i}].fields"),
+                    format!("use the `userid` condition, not fields.{p}"),
+                );
                 continue;
             }
             fields.push((probe.add_path(p), values.clone()));
@@ -198,11 +261,21 @@ pub fn compile(rf: RoutesFile, file: &str, text: &str, config_path: &Path) -> Re
         for (h, values) in r.headers.iter().flatten() {
             match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
                 Ok(name) => headers.push((name, values.clone())),
-                Err(_) => ctx.err(&format!("rules[{i}].headers"), format!("`{h}` is not a valid header name")),
+                Err(_) => ctx.err(
+                    &format!("rules[{i}].headers"),
+                    format!("`{h}` is not a valid header name"),
+                ),
             }
         }
         if let Some(t) = target {
-            rules.push(Rule { name: Arc::from(r.name.as_str()), vdn, userid, fields, headers, target: t });
+            rules.push(Rule {
+                name: Arc::from(r.name.as_str()),
+                vdn,
+                userid,
+                fields,
+                headers,
+                target: t,
+            });
         }
     }
 
@@ -255,7 +328,10 @@ fn parse_addr(ctx: &mut Ctx, path: &str, s: &str) -> SocketAddr {
     match s.parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
-            ctx.err(path, format!("`{s}` is not an address such as 0.0.0.0:8080"));
+            ctx.err(
+                path,
+                format!("`{s}` is not an address such as 0.0.0.0:8080"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 0))
         }
     }
@@ -274,15 +350,27 @@ fn compile_limits(ctx: &mut Ctx, l: Option<&raw::RawLimits>) -> Limits {
     }
     Limits {
         max_body,
-        header_read_timeout: positive(ctx, "limits.header_read_timeout", l.header_read_timeout.map(|x| x.0), d.header_read_timeout),
-        request_timeout: positive(ctx, "limits.request_timeout", l.request_timeout.map(|x| x.0), d.request_timeout),
+        header_read_timeout: positive(
+            ctx,
+            "limits.header_read_timeout",
+            l.header_read_timeout.map(|x| x.0),
+            d.header_read_timeout,
+        ),
+        request_timeout: positive(
+            ctx,
+            "limits.request_timeout",
+            l.request_timeout.map(|x| x.0),
+            d.request_timeout,
+        ),
         max_connections,
     }
 }
 
 fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpec) {
     let d = PinPolicy::default();
-    let Some(p) = p else { return (d, StoreSpec::Memory { snapshot: None }) };
+    let Some(p) = p else {
+        return (d, StoreSpec::Memory { snapshot: None });
+    };
     let policy = PinPolicy {
         idle_ttl: positive(ctx, "pins.idle_ttl", p.idle_ttl.map(|x| x.0), d.idle_ttl),
         end_grace: positive(ctx, "pins.end_grace", p.end_grace.map(|x| x.0), d.end_grace),
@@ -292,7 +380,9 @@ fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpe
         },
     };
     let store = match p.store.as_deref().unwrap_or("memory") {
-        "memory" => StoreSpec::Memory { snapshot: p.snapshot.as_ref().map(|s| ctx.resolve(s)) },
+        "memory" => StoreSpec::Memory {
+            snapshot: p.snapshot.as_ref().map(|s| ctx.resolve(s)),
+        },
         url if url.starts_with("redis://") || url.starts_with("rediss://") => {
             if p.snapshot.is_some() {
                 ctx.err("pins.snapshot", "`snapshot` applies to the memory store only (with Redis, pins survive restarts)");
@@ -300,12 +390,22 @@ fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpe
             let r = p.redis.as_ref();
             StoreSpec::Redis {
                 url: url.to_string(),
-                key_prefix: r.and_then(|r| r.key_prefix.clone()).unwrap_or_else(|| "graygate:".into()),
-                timeout: positive(ctx, "pins.redis.timeout", r.and_then(|r| r.timeout.map(|t| t.0)), Duration::from_millis(50)),
+                key_prefix: r
+                    .and_then(|r| r.key_prefix.clone())
+                    .unwrap_or_else(|| "graygate:".into()),
+                timeout: positive(
+                    ctx,
+                    "pins.redis.timeout",
+                    r.and_then(|r| r.timeout.map(|t| t.0)),
+                    Duration::from_millis(50),
+                ),
             }
         }
         other => {
-            ctx.err("pins.store", format!("`{other}`: use `memory` or a redis://host:port/db URL"));
+            ctx.err(
+                "pins.store",
+                format!("`{other}`: use `memory` or a redis://host:port/db URL"),
+            );
             StoreSpec::Memory { snapshot: None }
         }
     };
@@ -315,31 +415,54 @@ fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpe
 fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSpec {
     let at = |k: &str| format!("clusters.{name}.{k}");
     if name.is_empty() || name == "-" || name.contains(char::is_whitespace) {
-        ctx.err(&format!("clusters.{name}"), format!("`{name}` is not a usable cluster name"));
+        ctx.err(
+            &format!("clusters.{name}"),
+            format!("`{name}` is not a usable cluster name"),
+        );
     }
     let embedded = rc.embedded.as_ref().map(|e| {
         let instances = e.instances.unwrap_or(1);
         if !(1..=64).contains(&instances) {
-            ctx.err(&at("embedded.instances"), "instances must be between 1 and 64");
+            ctx.err(
+                &at("embedded.instances"),
+                "instances must be between 1 and 64",
+            );
         }
         EmbeddedSpec {
             label: e.label.clone().unwrap_or_else(|| name.to_string()),
-            flows: e.flows.as_ref().map(|f| ctx.check_file(&at("embedded.flows"), f).display().to_string()),
+            flows: e.flows.as_ref().map(|f| {
+                ctx.check_file(&at("embedded.flows"), f)
+                    .display()
+                    .to_string()
+            }),
             instances,
         }
     });
     let endpoints = rc.endpoints.clone().unwrap_or_default();
     match (&rc.endpoints, &embedded) {
-        (Some(_), Some(_)) => ctx.err(&at("embedded"), "a cluster has either `endpoints` or `embedded`, not both"),
-        (None, None) => ctx.err(&format!("clusters.{name}"), "a cluster needs `endpoints` or `embedded`"),
-        (Some(e), None) if e.is_empty() => ctx.err(&at("endpoints"), "at least one endpoint is needed"),
-        (Some(e), None) if e.len() > 64 => ctx.err(&at("endpoints"), "at most 64 endpoints per cluster"),
+        (Some(_), Some(_)) => ctx.err(
+            &at("embedded"),
+            "a cluster has either `endpoints` or `embedded`, not both",
+        ),
+        (None, None) => ctx.err(
+            &format!("clusters.{name}"),
+            "a cluster needs `endpoints` or `embedded`",
+        ),
+        (Some(e), None) if e.is_empty() => {
+            ctx.err(&at("endpoints"), "at least one endpoint is needed")
+        }
+        (Some(e), None) if e.len() > 64 => {
+            ctx.err(&at("endpoints"), "at most 64 endpoints per cluster")
+        }
         _ => {}
     }
     let mut seen = HashSet::new();
     for (k, e) in endpoints.iter().enumerate() {
         if !seen.insert(e.text.clone()) {
-            ctx.err(&format!("clusters.{name}.endpoints[{k}]"), format!("duplicate endpoint `{}`", e.text));
+            ctx.err(
+                &format!("clusters.{name}.endpoints[{k}]"),
+                format!("duplicate endpoint `{}`", e.text),
+            );
         }
     }
     let health = rc.health.as_ref().map(|h| {
@@ -357,8 +480,18 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
             }
         }
         HealthSpec {
-            interval: positive(ctx, &at("health.interval"), h.interval.map(|x| x.0), Duration::from_secs(2)),
-            timeout: positive(ctx, &at("health.timeout"), h.timeout.map(|x| x.0), Duration::from_secs(1)),
+            interval: positive(
+                ctx,
+                &at("health.interval"),
+                h.interval.map(|x| x.0),
+                Duration::from_secs(2),
+            ),
+            timeout: positive(
+                ctx,
+                &at("health.timeout"),
+                h.timeout.map(|x| x.0),
+                Duration::from_secs(1),
+            ),
             path: h.path.clone(),
             unhealthy_after,
             healthy_after,
@@ -369,7 +502,12 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
         None => od,
         Some(o) => OutlierSpec {
             consecutive_failures: o.consecutive_failures.unwrap_or(od.consecutive_failures),
-            eject_for: positive(ctx, &at("outlier.eject_for"), o.eject_for.map(|x| x.0), od.eject_for),
+            eject_for: positive(
+                ctx,
+                &at("outlier.eject_for"),
+                o.eject_for.map(|x| x.0),
+                od.eject_for,
+            ),
             max_ejected: o.max_ejected.map(|p| p.0).unwrap_or(od.max_ejected),
         },
     };
@@ -380,9 +518,18 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
                 ctx.err(&at("tls"), "`cert` and `key` go together");
             }
             TlsSpec {
-                ca: t.ca.as_ref().map(|c| ctx.check_file(&at("tls.ca"), c).display().to_string()),
-                cert: t.cert.as_ref().map(|c| ctx.check_file(&at("tls.cert"), c).display().to_string()),
-                key: t.key.as_ref().map(|c| ctx.check_file(&at("tls.key"), c).display().to_string()),
+                ca: t
+                    .ca
+                    .as_ref()
+                    .map(|c| ctx.check_file(&at("tls.ca"), c).display().to_string()),
+                cert: t
+                    .cert
+                    .as_ref()
+                    .map(|c| ctx.check_file(&at("tls.cert"), c).display().to_string()),
+                key: t
+                    .key
+                    .as_ref()
+                    .map(|c| ctx.check_file(&at("tls.key"), c).display().to_string()),
                 server_name: t.server_name.clone(),
             }
         }
@@ -395,8 +542,18 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
             Some(raw::RawBalance::UseridHash) => Balance::UseridHash,
             _ => Balance::RoundRobin,
         },
-        timeout: positive(ctx, &at("timeout"), rc.timeout.map(|x| x.0), Duration::from_secs(10)),
-        connect_timeout: positive(ctx, &at("connect_timeout"), rc.connect_timeout.map(|x| x.0), Duration::from_secs(1)),
+        timeout: positive(
+            ctx,
+            &at("timeout"),
+            rc.timeout.map(|x| x.0),
+            Duration::from_secs(10),
+        ),
+        connect_timeout: positive(
+            ctx,
+            &at("connect_timeout"),
+            rc.connect_timeout.map(|x| x.0),
+            Duration::from_secs(1),
+        ),
         max_inflight: rc.max_inflight.unwrap_or(0),
         health,
         outlier,
@@ -408,11 +565,17 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
 
 fn compile_userid(ctx: &mut Ctx, path: &str, u: &raw::RawUseridMatch) -> UseridMatch {
     if u.exact.is_empty() && u.prefix.is_empty() && u.suffix.is_empty() && u.regex.is_none() {
-        ctx.err(path, "a userid condition needs at least one of exact, prefix, suffix, regex");
+        ctx.err(
+            path,
+            "a userid condition needs at least one of exact, prefix, suffix, regex",
+        );
     }
     for (k, list) in [("prefix", &u.prefix), ("suffix", &u.suffix)] {
         if list.iter().any(String::is_empty) {
-            ctx.err(&format!("{path}.{k}"), "an empty string matches every userid; remove it");
+            ctx.err(
+                &format!("{path}.{k}"),
+                "an empty string matches every userid; remove it",
+            );
         }
     }
     UseridMatch {
@@ -427,7 +590,10 @@ fn compile_userid(ctx: &mut Ctx, path: &str, u: &raw::RawUseridMatch) -> UseridM
 pub fn summary(s: &Snapshot) -> String {
     let mut by_state: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for c in &s.clusters {
-        by_state.entry(if c.spec.drain { "draining" } else { "active" }).or_default().push(&c.name);
+        by_state
+            .entry(if c.spec.drain { "draining" } else { "active" })
+            .or_default()
+            .push(&c.name);
     }
     let clusters: Vec<String> = s
         .clusters
@@ -437,7 +603,11 @@ pub fn summary(s: &Snapshot) -> String {
                 Some(e) => format!("embedded x{}", e.instances),
                 None => format!("{} endpoint(s)", c.spec.endpoints.len()),
             };
-            format!("{} ({what}{})", c.name, if c.spec.drain { ", draining" } else { "" })
+            format!(
+                "{} ({what}{})",
+                c.name,
+                if c.spec.drain { ", draining" } else { "" }
+            )
         })
         .collect();
     format!(
@@ -445,7 +615,12 @@ pub fn summary(s: &Snapshot) -> String {
         s.clusters.len(),
         clusters.join(", "),
         s.routing.rules.len(),
-        s.routing.rules.iter().map(|r| &*r.name).collect::<Vec<_>>().join(", "),
+        s.routing
+            .rules
+            .iter()
+            .map(|r| &*r.name)
+            .collect::<Vec<_>>()
+            .join(", "),
         s.routing.cluster_name(s.routing.default)
     )
 }

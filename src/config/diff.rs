@@ -25,17 +25,49 @@ pub struct SnapshotDiff {
 
 /// Names that appear, disappear or change drain state.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDiff {
-    let oc: BTreeMap<&str, bool> = old.clusters.iter().map(|c| (&*c.name, c.spec.drain)).collect();
-    let nc: BTreeMap<&str, bool> = new.clusters.iter().map(|c| (&*c.name, c.spec.drain)).collect();
+    let oc: BTreeMap<&str, bool> = old
+        .clusters
+        .iter()
+        .map(|c| (&*c.name, c.spec.drain))
+        .collect();
+    let nc: BTreeMap<&str, bool> = new
+        .clusters
+        .iter()
+        .map(|c| (&*c.name, c.spec.drain))
+        .collect();
     let or: Vec<&str> = old.routing.rules.iter().map(|r| &*r.name).collect();
     let nr: Vec<&str> = new.routing.rules.iter().map(|r| &*r.name).collect();
     SnapshotDiff {
-        clusters_added: nc.keys().filter(|k| !oc.contains_key(*k)).map(|s| s.to_string()).collect(),
-        clusters_removed: oc.keys().filter(|k| !nc.contains_key(*k)).map(|s| s.to_string()).collect(),
-        clusters_draining: nc.iter().filter(|(k, d)| **d && !oc.get(*k).copied().unwrap_or(false)).map(|(k, _)| k.to_string()).collect(),
-        clusters_undrained: nc.iter().filter(|(k, d)| !**d && oc.get(*k).copied().unwrap_or(false)).map(|(k, _)| k.to_string()).collect(),
-        rules_added: nr.iter().filter(|r| !or.contains(r)).map(|s| s.to_string()).collect(),
-        rules_removed: or.iter().filter(|r| !nr.contains(r)).map(|s| s.to_string()).collect(),
+        clusters_added: nc
+            .keys()
+            .filter(|k| !oc.contains_key(*k))
+            .map(|s| s.to_string())
+            .collect(),
+        clusters_removed: oc
+            .keys()
+            .filter(|k| !nc.contains_key(*k))
+            .map(|s| s.to_string())
+            .collect(),
+        clusters_draining: nc
+            .iter()
+            .filter(|(k, d)| **d && !oc.get(*k).copied().unwrap_or(false))
+            .map(|(k, _)| k.to_string())
+            .collect(),
+        clusters_undrained: nc
+            .iter()
+            .filter(|(k, d)| !**d && oc.get(*k).copied().unwrap_or(false))
+            .map(|(k, _)| k.to_string())
+            .collect(),
+        rules_added: nr
+            .iter()
+            .filter(|r| !or.contains(r))
+            .map(|s| s.to_string())
+            .collect(),
+        rules_removed: or
+            .iter()
+            .filter(|r| !nr.contains(r))
+            .map(|s| s.to_string())
+            .collect(),
     }
 }
 
@@ -85,7 +117,13 @@ pub struct RuleMove {
 /// an empty body and no headers, so rules that need them are reported with no samples.
 pub fn moved_shares(old: &Snapshot, new: &Snapshot, samples: usize) -> Vec<RuleMove> {
     let mut dialogs = vec![Dialog::V1];
-    let mut vdns: Vec<u32> = old.routing.rules.iter().chain(new.routing.rules.iter()).flat_map(|r| r.vdn.iter().flatten().map(|(lo, _)| *lo)).collect();
+    let mut vdns: Vec<u32> = old
+        .routing
+        .rules
+        .iter()
+        .chain(new.routing.rules.iter())
+        .flat_map(|r| r.vdn.iter().flatten().map(|(lo, _)| *lo))
+        .collect();
     vdns.sort_unstable();
     vdns.dedup();
     let unnamed = (1..u32::MAX).find(|v| !vdns.contains(v)).unwrap_or(0);
@@ -95,7 +133,13 @@ pub fn moved_shares(old: &Snapshot, new: &Snapshot, samples: usize) -> Vec<RuleM
     let mut per_rule: BTreeMap<String, (usize, usize, BTreeMap<String, usize>)> = BTreeMap::new();
     for (k, userid) in sample_userids(samples).iter().enumerate() {
         let dialog = dialogs[k % dialogs.len()];
-        let turn = Turn { dialog, userid: userid.as_str().into(), inaction: crate::protocol::Inaction::INIT, hangup: false, fields: Vec::new() };
+        let turn = Turn {
+            dialog,
+            userid: userid.as_str().into(),
+            inaction: crate::protocol::Inaction::INIT,
+            hangup: false,
+            fields: Vec::new(),
+        };
         let a = decide(&turn, &headers, &old.routing);
         let b = decide(&turn, &headers, &new.routing);
         let from = old.routing.cluster_name(a.cluster).to_string();
@@ -117,7 +161,10 @@ pub fn moved_shares(old: &Snapshot, new: &Snapshot, samples: usize) -> Vec<RuleM
             rule,
             samples: n,
             moved: moved as f64 / n.max(1) as f64,
-            flows: flows.into_iter().map(|(k, v)| (k, v as f64 / n.max(1) as f64)).collect(),
+            flows: flows
+                .into_iter()
+                .map(|(k, v)| (k, v as f64 / n.max(1) as f64))
+                .collect(),
         })
         .collect()
 }

@@ -20,13 +20,21 @@ pub use compile::sha256_hex;
 /// Read, parse, validate and compile a routes file.
 pub fn load(path: &Path) -> Result<Snapshot, LocatedErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| LocatedErrors(vec![Located::new(&file, 0, 0, "", format!("cannot read the file: {e}"))]))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        LocatedErrors(vec![Located::new(
+            &file,
+            0,
+            0,
+            "",
+            format!("cannot read the file: {e}"),
+        )])
+    })?;
     load_str(&text, &file, path)
 }
 
 /// Parse and compile routes from text (`file` names it in errors).
 pub fn load_str(text: &str, file: &str, path: &Path) -> Result<Snapshot, LocatedErrors> {
-    let raw: raw::RoutesFile = serde_yaml::from_str(text).map_err(|e| LocatedErrors(vec![Located::from_yaml(file, &e)]))?;
+    let raw: raw::RoutesFile = serde_yaml::from_str(text)
+        .map_err(|e| LocatedErrors(vec![Located::from_yaml(file, &e)]))?;
     compile::compile(raw, file, text, path)
 }

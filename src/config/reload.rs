@@ -46,7 +46,12 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, live: Live, upstreams: Arc<Upstreams>, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        path: PathBuf,
+        live: Live,
+        upstreams: Arc<Upstreams>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         let sha = live.load().sha256.clone();
         Arc::new(Reloader {
             path,
@@ -72,7 +77,9 @@ impl Reloader {
 
     /// Reload only when the file's content differs from the last content read.
     pub async fn reload_if_changed(&self, trigger: &str) {
-        let Ok(bytes) = tokio::fs::read(&self.path).await else { return };
+        let Ok(bytes) = tokio::fs::read(&self.path).await else {
+            return;
+        };
         let sha = crate::config::sha256_hex(&bytes);
         let changed = self.last_seen.lock().map(|l| *l != sha).unwrap_or(true);
         if changed {
@@ -87,7 +94,15 @@ impl Reloader {
         // Compiling a large file takes milliseconds: keep it off the async workers.
         let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path))
             .await
-            .unwrap_or_else(|e| Err(LocatedErrors(vec![Located::new("", 0, 0, "", format!("reload task failed: {e}"))])));
+            .unwrap_or_else(|e| {
+                Err(LocatedErrors(vec![Located::new(
+                    "",
+                    0,
+                    0,
+                    "",
+                    format!("reload task failed: {e}"),
+                )]))
+            });
         let result = match loaded {
             Ok(snap) => {
                 if let Ok(mut l) = self.last_seen.lock() {
@@ -135,12 +150,20 @@ impl Reloader {
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "these keys changed but take effect only at restart; the running values stay");
         }
-        let specs: Vec<_> = snap.clusters.iter().map(|c| (c.name.clone(), c.spec.clone())).collect();
-        let pools = self
-            .upstreams
-            .reconcile(&specs)
-            .await
-            .map_err(|e| LocatedErrors(vec![Located::new(&self.path.display().to_string(), 0, 0, "clusters", e)]))?;
+        let specs: Vec<_> = snap
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.spec.clone()))
+            .collect();
+        let pools = self.upstreams.reconcile(&specs).await.map_err(|e| {
+            LocatedErrors(vec![Located::new(
+                &self.path.display().to_string(),
+                0,
+                0,
+                "clusters",
+                e,
+            )])
+        })?;
         snap.pools = pools;
         snap.generation = current.generation + 1;
         // Keep the listeners' addresses: they changed only in the file.
@@ -165,9 +188,17 @@ impl Reloader {
 
     /// Watch the config's directory; reload after events settle. Runs until the handle is
     /// aborted.
-    pub fn spawn_watch(self: &Arc<Self>, debounce: Duration) -> Result<tokio::task::JoinHandle<()>, String> {
+    pub fn spawn_watch(
+        self: &Arc<Self>,
+        debounce: Duration,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
         use notify::Watcher;
-        let dir = self.path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if res.is_ok() {
@@ -176,7 +207,9 @@ impl Reloader {
             }
         })
         .map_err(|e| e.to_string())?;
-        watcher.watch(&dir, notify::RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
+        watcher
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         let me = self.clone();
         Ok(tokio::spawn(async move {
             let _watcher = watcher;
@@ -222,9 +255,10 @@ fn restart_keys(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.store != new.store {
         v.push("pins.store".to_string());
     }
-    if old.limits.max_connections != new.limits.max_connections || old.limits.header_read_timeout != new.limits.header_read_timeout {
+    if old.limits.max_connections != new.limits.max_connections
+        || old.limits.header_read_timeout != new.limits.header_read_timeout
+    {
         v.push("limits (connection-level)".to_string());
     }
     v
 }
-

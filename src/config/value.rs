@@ -16,7 +16,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(s.trim())
             .map(HumanDuration)
-            .map_err(|e| de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. 250ms, 5s, 30m")))
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "`{s}` is not a duration ({e}); write e.g. 250ms, 5s, 30m"
+                ))
+            })
     }
 }
 
@@ -29,15 +33,22 @@ impl ByteSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size; write e.g. 64KiB or 65536"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size; write e.g. 64KiB or 65536"))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" | "K" | "KB" | "k" | "kB" => 1024,
             "MiB" | "M" | "MB" => 1024 * 1024,
             "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
-            other => return Err(format!("`{s}`: unknown size unit `{other}` (use B, KiB, MiB, GiB)")),
+            other => {
+                return Err(format!(
+                    "`{s}`: unknown size unit `{other}` (use B, KiB, MiB, GiB)"
+                ))
+            }
         };
-        n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+        n.checked_mul(mult)
+            .ok_or_else(|| format!("`{s}` is too large"))
     }
 }
 
@@ -53,7 +64,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom(format!("size {v} is negative")))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("size {v} is negative")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 ByteSize::parse(v).map(ByteSize).map_err(E::custom)
@@ -76,15 +89,20 @@ impl VdnSpec {
         let num = |x: &str| -> Result<u32, String> {
             let x = x.trim();
             if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("`{s}` is not a vdn or range (write 101 or 200-299)"));
+                return Err(format!(
+                    "`{s}` is not a vdn or range (write 101 or 200-299)"
+                ));
             }
-            x.parse::<u32>().map_err(|_| format!("`{s}`: vdn out of range (0..=4294967295)"))
+            x.parse::<u32>()
+                .map_err(|_| format!("`{s}`: vdn out of range (0..=4294967295)"))
         };
         match t.split_once('-') {
             Some((a, b)) => {
                 let (lo, hi) = (num(a)?, num(b)?);
                 if lo > hi {
-                    return Err(format!("range `{s}` is not ordered (start {lo} > end {hi})"));
+                    return Err(format!(
+                        "range `{s}` is not ordered (start {lo} > end {hi})"
+                    ));
                 }
                 Ok(VdnSpec { lo, hi })
             }
@@ -102,7 +120,8 @@ impl<'de> Deserialize<'de> for VdnSpec {
                 f.write_str("a vdn (101) or an inclusive range (\"200-299\")")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<VdnSpec, E> {
-                let v = u32::try_from(v).map_err(|_| E::custom(format!("vdn {v} does not fit in u32")))?;
+                let v = u32::try_from(v)
+                    .map_err(|_| E::custom(format!("vdn {v} does not fit in u32")))?;
                 Ok(VdnSpec { lo: v, hi: v })
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<VdnSpec, E> {
@@ -124,7 +143,9 @@ impl<'de> Deserialize<'de> for Weight {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = f64::deserialize(d)?;
         if !(w.is_finite() && w > 0.0) {
-            return Err(de::Error::custom(format!("weight {w} must be a positive number")));
+            return Err(de::Error::custom(format!(
+                "weight {w} must be a positive number"
+            )));
         }
         Ok(Weight(w))
     }
@@ -146,11 +167,18 @@ impl EndpointUrl {
             Some("https") => true,
             _ => return Err(format!("endpoint `{s}` must be an http:// or https:// URL")),
         };
-        let authority = uri.authority().cloned().ok_or_else(|| format!("endpoint `{s}` has no host"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("endpoint `{s}` has no host"))?;
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!("endpoint `{s}` must not have a path or query"));
         }
-        Ok(EndpointUrl { text: s.trim_end_matches('/').to_string(), https, authority })
+        Ok(EndpointUrl {
+            text: s.trim_end_matches('/').to_string(),
+            https,
+            authority,
+        })
     }
 }
 
@@ -168,9 +196,12 @@ pub struct RegexSource(pub regex::Regex);
 impl<'de> Deserialize<'de> for RegexSource {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        regex::Regex::new(&s)
-            .map(RegexSource)
-            .map_err(|e| de::Error::custom(format!("regex `{s}` does not compile: {}", first_line(&e.to_string()))))
+        regex::Regex::new(&s).map(RegexSource).map_err(|e| {
+            de::Error::custom(format!(
+                "regex `{s}` does not compile: {}",
+                first_line(&e.to_string())
+            ))
+        })
     }
 }
 
@@ -190,7 +221,9 @@ impl<'de> Deserialize<'de> for Percent {
                 if (0.0..=1.0).contains(&v) {
                     Ok(Percent(v))
                 } else {
-                    Err(E::custom(format!("share {v} must be between 0 and 1 (or write 50%)")))
+                    Err(E::custom(format!(
+                        "share {v} must be between 0 and 1 (or write 50%)"
+                    )))
                 }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
@@ -214,7 +247,11 @@ impl<'de> Deserialize<'de> for Percent {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+    s.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -231,14 +268,20 @@ mod tests {
     #[test]
     fn vdn_specs() {
         assert_eq!(VdnSpec::parse("200-299"), Ok(VdnSpec { lo: 200, hi: 299 }));
-        assert!(VdnSpec::parse("299-200").unwrap_err().contains("not ordered"));
+        assert!(VdnSpec::parse("299-200")
+            .unwrap_err()
+            .contains("not ordered"));
         assert!(VdnSpec::parse("x").is_err());
     }
 
     #[test]
     fn endpoints() {
         assert!(EndpointUrl::parse("http://10.0.0.1:8080").is_ok());
-        assert!(EndpointUrl::parse("https://odfs.example:443/").unwrap().https);
+        assert!(
+            EndpointUrl::parse("https://odfs.example:443/")
+                .unwrap()
+                .https
+        );
         assert!(EndpointUrl::parse("ftp://x").is_err());
         assert!(EndpointUrl::parse("http://x/path").is_err());
     }

@@ -40,8 +40,13 @@ pub struct ListenOptions {
 
 /// Serve `listener` until `shutdown`, then drain. `make` builds the per-request service from
 /// the peer address and whether the connection is TLS.
-pub async fn serve<F, Fut, B>(listener: TcpListener, opts: ListenOptions, metrics: Metrics, shutdown: Shutdown, handler: F)
-where
+pub async fn serve<F, Fut, B>(
+    listener: TcpListener,
+    opts: ListenOptions,
+    metrics: Metrics,
+    shutdown: Shutdown,
+    handler: F,
+) where
     F: Fn(Request<Incoming>, SocketAddr, bool) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -49,9 +54,13 @@ where
 {
     let permits = Arc::new(Semaphore::new(opts.max_connections));
     let gauge = metrics.connections.with_label_values(&[opts.name]);
-    let rejected_cap = metrics.rejected_connections.with_label_values(&["max_connections"]);
+    let rejected_cap = metrics
+        .rejected_connections
+        .with_label_values(&["max_connections"]);
     let rejected_tls = metrics.rejected_connections.with_label_values(&["tls"]);
-    let rejected_hdr = metrics.rejected_connections.with_label_values(&["header_timeout"]);
+    let rejected_hdr = metrics
+        .rejected_connections
+        .with_label_values(&["header_timeout"]);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -59,7 +68,11 @@ where
         .header_read_timeout(opts.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(64 * 1024);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let tasks = tokio_util_tasks::Tracker::default();
     loop {
@@ -115,21 +128,43 @@ where
                         }
                     }
                 }
-                None => serve_conn(&builder, TokioIo::new(stream), svc, &shutdown, &rejected_hdr).await,
+                None => {
+                    serve_conn(
+                        &builder,
+                        TokioIo::new(stream),
+                        svc,
+                        &shutdown,
+                        &rejected_hdr,
+                    )
+                    .await
+                }
             }
             gauge.dec();
         });
     }
     drop(listener);
     if !tasks.wait_idle(opts.grace).await {
-        tracing::warn!(listener = opts.name, "grace period over; closing the connections that are left");
+        tracing::warn!(
+            listener = opts.name,
+            "grace period over; closing the connections that are left"
+        );
     }
 }
 
-async fn serve_conn<I, S, B>(builder: &auto::Builder<TokioExecutor>, io: I, svc: S, shutdown: &Shutdown, rejected_hdr: &prometheus::IntCounter)
-where
+async fn serve_conn<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    svc: S,
+    shutdown: &Shutdown,
+    rejected_hdr: &prometheus::IntCounter,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = std::convert::Infallible> + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
     S::Future: Send + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

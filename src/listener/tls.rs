@@ -18,7 +18,9 @@ pub struct TlsAcceptor {
 
 impl TlsAcceptor {
     pub fn new(spec: &ListenerTls) -> Result<Self, String> {
-        Ok(TlsAcceptor { config: ArcSwap::from_pointee(server_config(spec)?) })
+        Ok(TlsAcceptor {
+            config: ArcSwap::from_pointee(server_config(spec)?),
+        })
     }
 
     /// Re-read the certificate, key and client CA; keep the old ones on error.
@@ -28,7 +30,9 @@ impl TlsAcceptor {
                 self.config.store(Arc::new(c));
                 tracing::info!("listener certificate re-read");
             }
-            Err(e) => tracing::error!(error = %e, "listener certificate reload failed; keeping the old one"),
+            Err(e) => {
+                tracing::error!(error = %e, "listener certificate reload failed; keeping the old one")
+            }
         }
     }
 
@@ -42,19 +46,25 @@ fn server_config(spec: &ListenerTls) -> Result<ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = crate::tlsfiles::read_certs(&spec.cert.display().to_string())?;
     let key = crate::tlsfiles::read_key(&spec.key.display().to_string())?;
-    let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
     let builder = match &spec.client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in crate::tlsfiles::read_certs(&ca.display().to_string())? {
                 roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().map_err(|e| e.to_string())?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| format!("certificate/key: {e}"))?;
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate/key: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -34,7 +34,9 @@ impl PinKind {
 pub enum PinAction {
     Nothing,
     /// Pin the call; `ending` when the first answer already ordered a hang-up.
-    Create { ending: bool },
+    Create {
+        ending: bool,
+    },
     /// Keep the pin for `end_grace` only.
     End,
     /// The call is over.
@@ -42,7 +44,12 @@ pub enum PinAction {
 }
 
 /// Decide the pin action for one answered turn.
-pub fn on_answer(kind: PinKind, status: u16, hangup_report: bool, outaction: Option<Outaction>) -> PinAction {
+pub fn on_answer(
+    kind: PinKind,
+    status: u16,
+    hangup_report: bool,
+    outaction: Option<Outaction>,
+) -> PinAction {
     let ok = (200..300).contains(&status);
     let end = outaction.is_some_and(Outaction::is_end);
     match kind {
@@ -84,7 +91,11 @@ mod tests {
             (Kept, 200, true, NINE, Nothing),
         ];
         for (kind, status, hangup, out, want) in rows {
-            assert_eq!(on_answer(kind, status, hangup, out), want, "{kind:?} {status} {hangup} {out:?}");
+            assert_eq!(
+                on_answer(kind, status, hangup, out),
+                want,
+                "{kind:?} {status} {hangup} {out:?}"
+            );
         }
     }
 }

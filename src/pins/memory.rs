@@ -13,7 +13,6 @@
 //! accounts for the time the process was down.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,19 +51,31 @@ struct Inner {
 
 impl MemoryStore {
     pub fn new(metrics: Metrics) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::with_hasher(ahash::RandomState::new()))).collect();
-        MemoryStore { inner: Arc::new(Inner { shards, hasher: ahash::RandomState::new(), epoch: Instant::now(), metrics }) }
+        let shards = (0..SHARDS)
+            .map(|_| Mutex::new(HashMap::with_hasher(ahash::RandomState::new())))
+            .collect();
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards,
+                hasher: ahash::RandomState::new(),
+                epoch: Instant::now(),
+                metrics,
+            }),
+        }
     }
 
     fn now_ms(&self) -> u64 {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 
-    fn shard(&self, userid: &str) -> std::sync::MutexGuard<'_, HashMap<CompactString, Entry, ahash::RandomState>> {
-        let mut h = self.inner.hasher.build_hasher();
-        userid.hash(&mut h);
-        let i = (h.finish() as usize) % SHARDS;
-        self.inner.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    fn shard(
+        &self,
+        userid: &str,
+    ) -> std::sync::MutexGuard<'_, HashMap<CompactString, Entry, ahash::RandomState>> {
+        let i = (self.inner.hasher.hash_one(userid) as usize) % SHARDS;
+        self.inner.shards[i]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn count_release(&self, pin: &Pin, reason: ReleaseReason) {
@@ -74,7 +85,11 @@ impl MemoryStore {
 
     /// Live pins (for the sweeper's bookkeeping and tests).
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,7 +122,11 @@ impl MemoryStore {
             });
         }
         for pin in &gone {
-            let reason = if pin.ending { ReleaseReason::EndGrace } else { ReleaseReason::Idle };
+            let reason = if pin.ending {
+                ReleaseReason::EndGrace
+            } else {
+                ReleaseReason::Idle
+            };
             self.count_release(pin, reason);
         }
         gone.len()
@@ -137,10 +156,20 @@ impl MemoryStore {
                 return e.pin;
             }
         }
-        let old = map.insert(CompactString::from(userid), Entry { pin, deadline: now + ttl.as_millis() as u64 });
+        let old = map.insert(
+            CompactString::from(userid),
+            Entry {
+                pin,
+                deadline: now + ttl.as_millis() as u64,
+            },
+        );
         drop(map);
         if let Some(old) = old {
-            let reason = if old.pin.ending { ReleaseReason::EndGrace } else { ReleaseReason::Idle };
+            let reason = if old.pin.ending {
+                ReleaseReason::EndGrace
+            } else {
+                ReleaseReason::Idle
+            };
             self.count_release(&old.pin, reason);
         }
         self.inner.metrics.pin_created(&names::name(pin.cluster));
@@ -205,7 +234,11 @@ impl MemoryStore {
                 created_at_ms: rec.created_at_ms,
                 ending: rec.ending,
             };
-            self.insert_new(&rec.userid, pin, Duration::from_millis(rec.expires_at_ms - wall));
+            self.insert_new(
+                &rec.userid,
+                pin,
+                Duration::from_millis(rec.expires_at_ms - wall),
+            );
             loaded += 1;
         }
         Ok((loaded, skipped))
@@ -225,7 +258,10 @@ struct SavedPin {
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl PinStore for MemoryStore {
@@ -237,7 +273,11 @@ impl PinStore for MemoryStore {
             let old = e.pin;
             map.remove(userid);
             drop(map);
-            let reason = if old.ending { ReleaseReason::EndGrace } else { ReleaseReason::Idle };
+            let reason = if old.ending {
+                ReleaseReason::EndGrace
+            } else {
+                ReleaseReason::Idle
+            };
             self.count_release(&old, reason);
             return None;
         }
@@ -275,7 +315,10 @@ impl PinStore for MemoryStore {
 
     async fn peek(&self, userid: &str) -> Option<Pin> {
         let now = self.now_ms();
-        self.shard(userid).get(userid).filter(|e| e.deadline > now).map(|e| e.pin)
+        self.shard(userid)
+            .get(userid)
+            .filter(|e| e.deadline > now)
+            .map(|e| e.pin)
     }
 }
 
@@ -284,7 +327,13 @@ mod tests {
     use super::*;
 
     fn pin(cluster: &str) -> Pin {
-        Pin { cluster: names::intern(cluster), rule: names::intern("r"), generation: 1, created_at_ms: 0, ending: false }
+        Pin {
+            cluster: names::intern(cluster),
+            rule: names::intern("r"),
+            generation: 1,
+            created_at_ms: 0,
+            ending: false,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -304,7 +353,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn end_grace_is_not_extended_by_turns() {
         let s = MemoryStore::new(Metrics::new());
-        s.create("u1", pin("stable"), Duration::from_secs(600)).await;
+        s.create("u1", pin("stable"), Duration::from_secs(600))
+            .await;
         s.end("u1", Duration::from_secs(5)).await;
         tokio::time::advance(Duration::from_secs(4)).await;
         let p = s.get("u1", Duration::from_secs(600)).await.unwrap();
@@ -329,11 +379,15 @@ mod tests {
         let path = dir.path().join("pins.jsonl");
         let s = MemoryStore::new(Metrics::new());
         for i in 0..100 {
-            s.create(&format!("u{i}"), pin("canary"), Duration::from_secs(60)).await;
+            s.create(&format!("u{i}"), pin("canary"), Duration::from_secs(60))
+                .await;
         }
         assert_eq!(s.save(&path).unwrap(), 100);
         let t = MemoryStore::new(Metrics::new());
         assert_eq!(t.load(&path).unwrap(), (100, 0));
-        assert_eq!(names::name(t.peek("u7").await.unwrap().cluster).as_ref(), "canary");
+        assert_eq!(
+            names::name(t.peek("u7").await.unwrap().cluster).as_ref(),
+            "canary"
+        );
     }
 }

@@ -65,7 +65,11 @@ pub struct PinPolicy {
 
 impl Default for PinPolicy {
     fn default() -> Self {
-        PinPolicy { idle_ttl: Duration::from_secs(30 * 60), end_grace: Duration::from_secs(60), orphan_turns: OrphanPolicy::Route }
+        PinPolicy {
+            idle_ttl: Duration::from_secs(30 * 60),
+            end_grace: Duration::from_secs(60),
+            orphan_turns: OrphanPolicy::Route,
+        }
     }
 }
 
@@ -100,7 +104,9 @@ impl Store {
     /// A JSON view of the store's state for `/admin/config`.
     pub fn view(&self) -> serde_json::Value {
         match self {
-            Store::Memory(m) => serde_json::json!({"kind": "memory", "state": "ok", "local_pins": m.len()}),
+            Store::Memory(m) => {
+                serde_json::json!({"kind": "memory", "state": "ok", "local_pins": m.len()})
+            }
         }
     }
 }

@@ -21,7 +21,10 @@ struct Table {
 
 fn table() -> &'static Table {
     static T: OnceLock<Table> = OnceLock::new();
-    T.get_or_init(|| Table { ids: Mutex::new(HashMap::new()), names: ArcSwap::from_pointee(Vec::new()) })
+    T.get_or_init(|| Table {
+        ids: Mutex::new(HashMap::new()),
+        names: ArcSwap::from_pointee(Vec::new()),
+    })
 }
 
 /// The id of `name`, creating it on first use. Called on the config path, not per turn.
@@ -42,7 +45,12 @@ pub fn intern(name: &str) -> NameId {
 
 /// The name behind an id (`"-"` for an id this process never made, e.g. from a foreign file).
 pub fn name(id: NameId) -> Arc<str> {
-    table().names.load().get(id.0 as usize).cloned().unwrap_or_else(|| Arc::from("-"))
+    table()
+        .names
+        .load()
+        .get(id.0 as usize)
+        .cloned()
+        .unwrap_or_else(|| Arc::from("-"))
 }
 
 /// Look a name up without creating it.

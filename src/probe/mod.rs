@@ -47,7 +47,10 @@ pub struct Turn {
 
 impl Turn {
     pub fn field(&self, index: u16) -> Option<&str> {
-        self.fields.iter().find(|(i, _)| *i == index).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -147,7 +150,9 @@ where
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(ProbeError::BodyTooLarge(max))
             } else {
                 Err(ProbeError::BodyRead(e.to_string()))

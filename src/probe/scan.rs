@@ -26,10 +26,13 @@ struct Found {
 pub fn scan(body: &[u8], dialog: Dialog, spec: &ProbeSpec) -> Result<Turn, ProbeError> {
     let mut found = Found::default();
     let mut de = serde_json::Deserializer::from_slice(body);
-    TopSeed { spec, found: &mut found }
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| ProbeError::BadJson(e.to_string()))?;
+    TopSeed {
+        spec,
+        found: &mut found,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
+    .map_err(|e| ProbeError::BadJson(e.to_string()))?;
     let userid = match found.userid {
         None => return Err(ProbeError::MissingUserid),
         Some(Err(())) => return Err(ProbeError::BadUserid),
@@ -40,7 +43,13 @@ pub fn scan(body: &[u8], dialog: Dialog, spec: &ProbeSpec) -> Result<Turn, Probe
         Some(Err(())) => return Err(ProbeError::BadInaction),
         Some(Ok(i)) => Inaction(i),
     };
-    Ok(Turn { dialog, userid, inaction, hangup: found.hangup, fields: found.fields })
+    Ok(Turn {
+        dialog,
+        userid,
+        inaction,
+        hangup: found.hangup,
+        fields: found.fields,
+    })
 }
 
 /// The userid, if the body is a JSON object that has a valid one; used to put the userid into
@@ -49,7 +58,11 @@ pub fn userid_hint(body: &[u8]) -> Option<CompactString> {
     let spec = ProbeSpec::default();
     let mut found = Found::default();
     let mut de = serde_json::Deserializer::from_slice(body);
-    let _ = TopSeed { spec: &spec, found: &mut found }.deserialize(&mut de);
+    let _ = TopSeed {
+        spec: &spec,
+        found: &mut found,
+    }
+    .deserialize(&mut de);
     found.userid.and_then(Result::ok)
 }
 
@@ -86,7 +99,10 @@ impl<'de> Visitor<'de> for TopSeed<'_, '_> {
                     self.found.inaction = Some(map.next_value::<InactionValue>()?.0);
                 }
                 k => match self.spec.root.child(k) {
-                    Some(node) => map.next_value_seed(NodeSeed { node, found: self.found })?,
+                    Some(node) => map.next_value_seed(NodeSeed {
+                        node,
+                        found: self.found,
+                    })?,
                     None => {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -128,7 +144,10 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<KeyStr<'de>>()? {
             match self.node.child(key.as_str()) {
-                Some(node) => map.next_value_seed(NodeSeed { node, found: &mut *self.found })?,
+                Some(node) => map.next_value_seed(NodeSeed {
+                    node,
+                    found: &mut *self.found,
+                })?,
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -212,7 +231,11 @@ impl<'de> de::Deserialize<'de> for UseridValue {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<UseridValue, E> {
                 let n = v.chars().count();
-                Ok(UseridValue(if (1..=MAX_USERID_CHARS).contains(&n) { Ok(CompactString::from(v)) } else { Err(()) }))
+                Ok(UseridValue(if (1..=MAX_USERID_CHARS).contains(&n) {
+                    Ok(CompactString::from(v))
+                } else {
+                    Err(())
+                }))
             }
             fn visit_i64<E: de::Error>(self, _: i64) -> Result<UseridValue, E> {
                 Ok(UseridValue(Err(())))
@@ -264,8 +287,15 @@ impl<'de> de::Deserialize<'de> for InactionValue {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<InactionValue, E> {
                 let t = v.trim();
-                let ok = !t.is_empty() && t.bytes().enumerate().all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'));
-                Ok(InactionValue(if ok { t.parse().map_err(|_| ()) } else { Err(()) }))
+                let ok = !t.is_empty()
+                    && t.bytes()
+                        .enumerate()
+                        .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'));
+                Ok(InactionValue(if ok {
+                    t.parse().map_err(|_| ())
+                } else {
+                    Err(())
+                }))
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<InactionValue, E> {
                 Ok(InactionValue(Err(())))
@@ -317,34 +347,76 @@ mod tests {
     #[test]
     fn errors_in_the_contract_order() {
         let s = spec();
-        assert!(matches!(scan(b"[1]", Dialog::V1, &s), Err(ProbeError::BadJson(_))));
-        assert!(matches!(scan(b"", Dialog::V1, &s), Err(ProbeError::BadJson(_))));
-        assert!(matches!(scan(br#"{"userid":"u"} x"#, Dialog::V1, &s), Err(ProbeError::BadJson(_))));
-        assert_eq!(scan(br#"{"inaction":8}"#, Dialog::V1, &s), Err(ProbeError::MissingUserid));
-        assert_eq!(scan(br#"{"userid":7,"inaction":8}"#, Dialog::V1, &s), Err(ProbeError::BadUserid));
-        assert_eq!(scan(br#"{"userid":"","inaction":8}"#, Dialog::V1, &s), Err(ProbeError::BadUserid));
+        assert!(matches!(
+            scan(b"[1]", Dialog::V1, &s),
+            Err(ProbeError::BadJson(_))
+        ));
+        assert!(matches!(
+            scan(b"", Dialog::V1, &s),
+            Err(ProbeError::BadJson(_))
+        ));
+        assert!(matches!(
+            scan(br#"{"userid":"u"} x"#, Dialog::V1, &s),
+            Err(ProbeError::BadJson(_))
+        ));
+        assert_eq!(
+            scan(br#"{"inaction":8}"#, Dialog::V1, &s),
+            Err(ProbeError::MissingUserid)
+        );
+        assert_eq!(
+            scan(br#"{"userid":7,"inaction":8}"#, Dialog::V1, &s),
+            Err(ProbeError::BadUserid)
+        );
+        assert_eq!(
+            scan(br#"{"userid":"","inaction":8}"#, Dialog::V1, &s),
+            Err(ProbeError::BadUserid)
+        );
         let long = format!(r#"{{"userid":"{}","inaction":8}}"#, "a".repeat(65));
-        assert_eq!(scan(long.as_bytes(), Dialog::V1, &s), Err(ProbeError::BadUserid));
-        assert_eq!(scan(br#"{"userid":"u"}"#, Dialog::V1, &s), Err(ProbeError::MissingInaction));
-        assert_eq!(scan(br#"{"userid":"u","inaction":8.5}"#, Dialog::V1, &s), Err(ProbeError::BadInaction));
-        assert_eq!(scan(br#"{"userid":"u","inaction":"x"}"#, Dialog::V1, &s), Err(ProbeError::BadInaction));
+        assert_eq!(
+            scan(long.as_bytes(), Dialog::V1, &s),
+            Err(ProbeError::BadUserid)
+        );
+        assert_eq!(
+            scan(br#"{"userid":"u"}"#, Dialog::V1, &s),
+            Err(ProbeError::MissingInaction)
+        );
+        assert_eq!(
+            scan(br#"{"userid":"u","inaction":8.5}"#, Dialog::V1, &s),
+            Err(ProbeError::BadInaction)
+        );
+        assert_eq!(
+            scan(br#"{"userid":"u","inaction":"x"}"#, Dialog::V1, &s),
+            Err(ProbeError::BadInaction)
+        );
     }
 
     #[test]
     fn duplicate_userid_is_refused() {
-        let r = scan(br#"{"userid":"a","userid":"b","inaction":8}"#, Dialog::V1, &spec());
+        let r = scan(
+            br#"{"userid":"a","userid":"b","inaction":8}"#,
+            Dialog::V1,
+            &spec(),
+        );
         assert!(matches!(r, Err(ProbeError::BadJson(m)) if m.contains("duplicate")));
     }
 
     #[test]
     fn escaped_keys_and_values() {
-        let t = scan(br#"{"user\u0069d":"a\"b","inaction":8}"#, Dialog::V1, &spec()).unwrap();
+        let t = scan(
+            br#"{"user\u0069d":"a\"b","inaction":8}"#,
+            Dialog::V1,
+            &spec(),
+        )
+        .unwrap();
         assert_eq!(t.userid, "a\"b");
     }
 
     #[test]
     fn userid_hint_reads_what_it_can() {
-        assert_eq!(userid_hint(br#"{"userid":"abc","inaction":"x"}"#).as_deref(), Some("abc"));
+        assert_eq!(
+            userid_hint(br#"{"userid":"abc","inaction":"x"}"#).as_deref(),
+            Some("abc")
+        );
         assert_eq!(userid_hint(b"nope"), None);
     }
 }

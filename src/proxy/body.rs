@@ -26,7 +26,10 @@ impl From<Bytes> for GatewayBody {
 impl Body for GatewayBody {
     type Data = Bytes;
     type Error = hyper::Error;
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             GatewayBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             GatewayBody::Stream(b) => Pin::new(b).poll_frame(cx),
@@ -70,7 +73,11 @@ pub enum Peeked {
 }
 
 /// Buffer an answer body up to `max` bytes.
-pub async fn peek(mut body: Incoming, declared: Option<u64>, max: usize) -> Result<Peeked, hyper::Error> {
+pub async fn peek(
+    mut body: Incoming,
+    declared: Option<u64>,
+    max: usize,
+) -> Result<Peeked, hyper::Error> {
     if declared.is_some_and(|n| n > max as u64) {
         return Ok(Peeked::Partial(Bytes::new(), body));
     }
@@ -78,7 +85,9 @@ pub async fn peek(mut body: Incoming, declared: Option<u64>, max: usize) -> Resu
     let mut first: Option<Bytes> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         // Most answers arrive in one frame: keep it without copying.
         match (&mut first, &mut buf) {
             (None, None) => first = Some(data),
@@ -91,11 +100,19 @@ pub async fn peek(mut body: Incoming, declared: Option<u64>, max: usize) -> Resu
             }
             (_, Some(b)) => b.extend_from_slice(&data),
         }
-        let len = first.as_ref().map(|f| f.len()).or(buf.as_ref().map(|b| b.len())).unwrap_or(0);
+        let len = first
+            .as_ref()
+            .map(|f| f.len())
+            .or(buf.as_ref().map(|b| b.len()))
+            .unwrap_or(0);
         if len > max {
-            let read = first.take().unwrap_or_else(|| buf.take().map(|b| b.freeze()).unwrap_or_default());
+            let read = first
+                .take()
+                .unwrap_or_else(|| buf.take().map(|b| b.freeze()).unwrap_or_default());
             return Ok(Peeked::Partial(read, body));
         }
     }
-    Ok(Peeked::Whole(first.unwrap_or_else(|| buf.map(|b| b.freeze()).unwrap_or_default())))
+    Ok(Peeked::Whole(first.unwrap_or_else(|| {
+        buf.map(|b| b.freeze()).unwrap_or_default()
+    })))
 }

@@ -46,7 +46,10 @@ fn upstream_headers(src: &HeaderMap, peer: Peer, request_id: &str) -> HeaderMap 
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .collect();
     for (name, value) in src.iter() {
-        if HOP_BY_HOP.contains(name) || name.as_str() == "keep-alive" || name.as_str() == "proxy-connection" {
+        if HOP_BY_HOP.contains(name)
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+        {
             continue;
         }
         if !listed.is_empty() && listed.iter().any(|l| l == name.as_str()) {
@@ -63,7 +66,10 @@ fn upstream_headers(src: &HeaderMap, peer: Peer, request_id: &str) -> HeaderMap 
         h.insert("x-forwarded-for", v);
     }
     if !src.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static(if peer.https { "https" } else { "http" }));
+        h.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if peer.https { "https" } else { "http" }),
+        );
     }
     if !src.contains_key("x-request-id") {
         if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -74,7 +80,13 @@ fn upstream_headers(src: &HeaderMap, peer: Peer, request_id: &str) -> HeaderMap 
 }
 
 /// Send to one endpoint of `pool`. `strict`: healthy endpoints only (new calls).
-pub async fn send(pool: &ClusterPool, out: Outgoing<'_>, userid: &str, strict: bool, rec: &mut TurnRecord) -> Result<Response<Incoming>, GatewayError> {
+pub async fn send(
+    pool: &ClusterPool,
+    out: Outgoing<'_>,
+    userid: &str,
+    strict: bool,
+    rec: &mut TurnRecord,
+) -> Result<Response<Incoming>, GatewayError> {
     let state = pool.state.load_full();
     let deadline = Instant::now() + state.spec.timeout;
     let headers = upstream_headers(&out.parts.headers, out.peer, out.request_id);
@@ -91,8 +103,13 @@ pub async fn send(pool: &ClusterPool, out: Outgoing<'_>, userid: &str, strict: b
                 return Err(match last_err {
                     Some(e) => to_gateway(e),
                     None => GatewayError::NoUpstream(match why {
-                        PickError::Full => format!("every endpoint of cluster `{}` is at max_inflight", pool.name),
-                        PickError::NoneHealthy => format!("cluster `{}` has no healthy endpoint", pool.name),
+                        PickError::Full => format!(
+                            "every endpoint of cluster `{}` is at max_inflight",
+                            pool.name
+                        ),
+                        PickError::NoneHealthy => {
+                            format!("cluster `{}` has no healthy endpoint", pool.name)
+                        }
                     }),
                 });
             }
@@ -108,14 +125,26 @@ pub async fn send(pool: &ClusterPool, out: Outgoing<'_>, userid: &str, strict: b
                 ReqBody::Full(Full::new(b))
             }
             Some(OutBody::Stream(s)) => ReqBody::Stream(s),
-            None => return Err(to_gateway(last_err.unwrap_or(UpstreamError::NoUpstream { cluster: pool.name.clone(), why: "body already sent" }))),
+            None => {
+                return Err(to_gateway(last_err.unwrap_or(UpstreamError::NoUpstream {
+                    cluster: pool.name.clone(),
+                    why: "body already sent",
+                })))
+            }
         };
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(if endpoint.https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP });
+        uri.scheme = Some(if endpoint.https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
         uri.authority = endpoint.authority.clone();
         uri.path_and_query = pq.clone();
         let Ok(uri) = Uri::from_parts(uri) else {
-            return Err(GatewayError::Upstream(format!("cannot build a URI for endpoint {}", endpoint.url)));
+            return Err(GatewayError::Upstream(format!(
+                "cannot build a URI for endpoint {}",
+                endpoint.url
+            )));
         };
         let mut req = Request::new(req_body);
         *req.method_mut() = out.parts.method.clone();
@@ -136,12 +165,17 @@ pub async fn send(pool: &ClusterPool, out: Outgoing<'_>, userid: &str, strict: b
                 return Ok(resp);
             }
             Ok(Err(e)) => UpstreamError::classify(&endpoint.url, e),
-            Err(_) => UpstreamError::Timeout { endpoint: endpoint.url.clone(), timeout: state.spec.timeout },
+            Err(_) => UpstreamError::Timeout {
+                endpoint: endpoint.url.clone(),
+                timeout: state.spec.timeout,
+            },
         };
         drop(guard);
         pool.record_failure(&state, &endpoint, &err.to_string());
         tracing::warn!(cluster = %pool.name, endpoint = %endpoint.url, error = %err, "upstream request failed");
-        let retry = !err.reached_endpoint() && matches!(body, Some(OutBody::Full(_))) && Instant::now() < deadline;
+        let retry = !err.reached_endpoint()
+            && matches!(body, Some(OutBody::Full(_)))
+            && Instant::now() < deadline;
         if !retry {
             return Err(to_gateway(err));
         }
@@ -153,6 +187,8 @@ fn to_gateway(e: UpstreamError) -> GatewayError {
     match e {
         UpstreamError::Timeout { .. } => GatewayError::UpstreamTimeout(e.to_string()),
         UpstreamError::NoUpstream { .. } => GatewayError::NoUpstream(e.to_string()),
-        UpstreamError::Connect { .. } | UpstreamError::Broken { .. } => GatewayError::Upstream(e.to_string()),
+        UpstreamError::Connect { .. } | UpstreamError::Broken { .. } => {
+            GatewayError::Upstream(e.to_string())
+        }
     }
 }

@@ -58,20 +58,39 @@ pub struct Peer {
 impl Proxy {
     pub fn new(live: Live, upstreams: Arc<Upstreams>, pins: Store, metrics: Metrics) -> Arc<Self> {
         let instance = (crate::pins::memory::wall_ms() as u32) ^ std::process::id().rotate_left(16);
-        Arc::new(Proxy { live, upstreams, pins, metrics, request_seq: AtomicU64::new(0), instance })
+        Arc::new(Proxy {
+            live,
+            upstreams,
+            pins,
+            metrics,
+            request_seq: AtomicU64::new(0),
+            instance,
+        })
     }
 
     fn request_id(&self, req: &Request<Incoming>) -> CompactString {
-        if let Some(v) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if let Some(v) = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
             if !v.is_empty() && v.len() <= 128 {
                 return CompactString::from(v);
             }
         }
-        format_compact!("{:08x}-{:x}", self.instance, self.request_seq.fetch_add(1, Ordering::Relaxed))
+        format_compact!(
+            "{:08x}-{:x}",
+            self.instance,
+            self.request_seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Serve one request. Never fails: every error becomes an answer.
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<GatewayBody> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Response<GatewayBody> {
         let start = Instant::now();
         let snap = self.live.load_full();
         let mut rec = TurnRecord {
@@ -84,11 +103,17 @@ impl Proxy {
             DialogPath::Other => self.other(req, peer, &snap, &mut rec).await,
             DialogPath::V2(seg) => match parse_vdn(seg) {
                 _ if req.method() != Method::POST => Err(GatewayError::Method),
-                Some(vdn) => self.dialog(req, peer, Dialog::V2(vdn), &snap, &mut rec, start).await,
+                Some(vdn) => {
+                    self.dialog(req, peer, Dialog::V2(vdn), &snap, &mut rec, start)
+                        .await
+                }
                 None => Err(GatewayError::BadUrl(seg.chars().take(64).collect())),
             },
             DialogPath::V1 if req.method() != Method::POST => Err(GatewayError::Method),
-            DialogPath::V1 => self.dialog(req, peer, Dialog::V1, &snap, &mut rec, start).await,
+            DialogPath::V1 => {
+                self.dialog(req, peer, Dialog::V1, &snap, &mut rec, start)
+                    .await
+            }
         }
         .unwrap_or_else(|e| {
             rec.error_code = Some(e.row().1);
@@ -107,13 +132,27 @@ impl Proxy {
     }
 
     /// Any request that is not a dialog turn: forwarded unchanged to the default cluster.
-    async fn other(&self, req: Request<Incoming>, peer: Peer, snap: &Snapshot, rec: &mut TurnRecord) -> Result<Response<GatewayBody>, GatewayError> {
+    async fn other(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+        snap: &Snapshot,
+        rec: &mut TurnRecord,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
         let cluster = snap.routing.default;
-        let pool = snap.pools.get(cluster).cloned().ok_or_else(|| GatewayError::NoUpstream("no pool for the default cluster".into()))?;
+        let pool =
+            snap.pools.get(cluster).cloned().ok_or_else(|| {
+                GatewayError::NoUpstream("no pool for the default cluster".into())
+            })?;
         rec.cluster = Some(pool.name.clone());
         let (parts, body) = req.into_parts();
         let request_id = rec.request_id.clone();
-        let out = forward::Outgoing { parts: &parts, body: forward::OutBody::Stream(body), peer, request_id: &request_id };
+        let out = forward::Outgoing {
+            parts: &parts,
+            body: forward::OutBody::Stream(body),
+            peer,
+            request_id: &request_id,
+        };
         let answer = forward::send(&pool, out, "", false, rec).await?;
         Ok(answer.map(GatewayBody::Stream))
     }
@@ -129,11 +168,24 @@ impl Proxy {
     ) -> Result<Response<GatewayBody>, GatewayError> {
         rec.vdn = dialog.vdn();
         let (parts, body) = req.into_parts();
-        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u64>().ok());
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<u64>().ok());
         let remaining = snap.limits.request_timeout.saturating_sub(start.elapsed());
-        let bytes: Bytes = match tokio::time::timeout(remaining, probe::read_body(body, declared, snap.limits.max_body)).await {
+        let bytes: Bytes = match tokio::time::timeout(
+            remaining,
+            probe::read_body(body, declared, snap.limits.max_body),
+        )
+        .await
+        {
             Ok(r) => r?,
-            Err(_) => return Err(GatewayError::BodyRead("the client did not send the body within request_timeout".into())),
+            Err(_) => {
+                return Err(GatewayError::BodyRead(
+                    "the client did not send the body within request_timeout".into(),
+                ))
+            }
         };
         let turn = match probe::scan(&bytes, dialog, &snap.probe) {
             Ok(t) => t,
@@ -153,7 +205,10 @@ impl Proxy {
                 let pool = self.upstreams.get(p.cluster);
                 rec.cluster = Some(names::name(p.cluster));
                 let Some(pool) = pool else {
-                    return Err(GatewayError::NoUpstream(format!("the call is pinned to cluster `{}`, which this gateway does not know", names::name(p.cluster))));
+                    return Err(GatewayError::NoUpstream(format!(
+                        "the call is pinned to cluster `{}`, which this gateway does not know",
+                        names::name(p.cluster)
+                    )));
                 };
                 (pool, PinKind::Kept, p.rule, false)
             }
@@ -163,11 +218,17 @@ impl Proxy {
                 } else {
                     match snap.pins.orphan_turns {
                         OrphanPolicy::Reject => {
-                            self.metrics.orphan_turns.with_label_values(&["rejected"]).inc();
+                            self.metrics
+                                .orphan_turns
+                                .with_label_values(&["rejected"])
+                                .inc();
                             return Err(GatewayError::OrphanTurn);
                         }
                         OrphanPolicy::Route => {
-                            self.metrics.orphan_turns.with_label_values(&["routed"]).inc();
+                            self.metrics
+                                .orphan_turns
+                                .with_label_values(&["routed"])
+                                .inc();
                             PinKind::Orphan
                         }
                     }
@@ -175,16 +236,26 @@ impl Proxy {
                 let d = decide(&turn, &parts.headers, &snap.routing);
                 let mut cluster = d.cluster;
                 // Fallback: a new call whose cluster has no healthy endpoint.
-                if let (Some(pool), Some(fb)) = (snap.pools.get(cluster), snap.routing.fallback.get(cluster).copied().flatten()) {
+                if let (Some(pool), Some(fb)) = (
+                    snap.pools.get(cluster),
+                    snap.routing.fallback.get(cluster).copied().flatten(),
+                ) {
                     if !pool.any_healthy() {
                         if let Some(fb_pool) = snap.pools.get(fb) {
-                            self.metrics.fallbacks.with_label_values(&[&pool.name, &fb_pool.name]).inc();
+                            self.metrics
+                                .fallbacks
+                                .with_label_values(&[&pool.name, &fb_pool.name])
+                                .inc();
                             rec.fallback_from = Some(pool.name.clone());
                             cluster = fb;
                         }
                     }
                 }
-                let pool = snap.pools.get(cluster).cloned().ok_or_else(|| GatewayError::NoUpstream("cluster has no pool".into()))?;
+                let pool = snap
+                    .pools
+                    .get(cluster)
+                    .cloned()
+                    .ok_or_else(|| GatewayError::NoUpstream("cluster has no pool".into()))?;
                 rec.rule = Some(Arc::from(snap.routing.rule_name(d.rule)));
                 rec.cluster = Some(pool.name.clone());
                 let rule_id = snap.rule_id(d.rule);
@@ -194,22 +265,41 @@ impl Proxy {
         rec.pin = Some(kind.as_str());
 
         let request_id = rec.request_id.clone();
-        let out = forward::Outgoing { parts: &parts, body: forward::OutBody::Full(bytes), peer, request_id: &request_id };
+        let out = forward::Outgoing {
+            parts: &parts,
+            body: forward::OutBody::Full(bytes),
+            peer,
+            request_id: &request_id,
+        };
         let answer = forward::send(&pool, out, &turn.userid, strict, rec).await?;
         let status = answer.status().as_u16();
         let (head, incoming) = answer.into_parts();
         // Read the answer (bounded) to see the end of a call.
-        let declared = head.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+        let declared = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse().ok());
         let (body, outaction) = if (200..300).contains(&status) {
             let timeout = pool.state.load().spec.timeout;
-            match tokio::time::timeout(timeout, body::peek(incoming, declared, ANSWER_PEEK_MAX)).await {
+            match tokio::time::timeout(timeout, body::peek(incoming, declared, ANSWER_PEEK_MAX))
+                .await
+            {
                 Ok(Ok(body::Peeked::Whole(b))) => {
                     let o = crate::respond::peek_outaction(&b);
                     (GatewayBody::from(b), o)
                 }
-                Ok(Ok(body::Peeked::Partial(prefix, rest))) => (GatewayBody::Prefixed(Some(prefix), rest), None),
-                Ok(Err(e)) => return Err(GatewayError::Upstream(format!("the answer broke off: {e}"))),
-                Err(_) => return Err(GatewayError::UpstreamTimeout(format!("the answer body did not arrive within {timeout:?}"))),
+                Ok(Ok(body::Peeked::Partial(prefix, rest))) => {
+                    (GatewayBody::Prefixed(Some(prefix), rest), None)
+                }
+                Ok(Err(e)) => {
+                    return Err(GatewayError::Upstream(format!("the answer broke off: {e}")))
+                }
+                Err(_) => {
+                    return Err(GatewayError::UpstreamTimeout(format!(
+                        "the answer body did not arrive within {timeout:?}"
+                    )))
+                }
             }
         } else {
             (GatewayBody::Stream(incoming), None)
@@ -220,8 +310,18 @@ impl Proxy {
         match on_answer(kind, status, turn.hangup, outaction) {
             PinAction::Nothing => {}
             PinAction::Create { ending } => {
-                let new = Pin { cluster: pool.id, rule: rule_id, generation: snap.generation, created_at_ms: crate::pins::memory::wall_ms(), ending };
-                let ttl = if ending { snap.pins.end_grace } else { snap.pins.idle_ttl };
+                let new = Pin {
+                    cluster: pool.id,
+                    rule: rule_id,
+                    generation: snap.generation,
+                    created_at_ms: crate::pins::memory::wall_ms(),
+                    ending,
+                };
+                let ttl = if ending {
+                    snap.pins.end_grace
+                } else {
+                    snap.pins.idle_ttl
+                };
                 let kept = self.pins.create(&turn.userid, new, ttl).await;
                 if kept.cluster != pool.id {
                     tracing::warn!(userid = %crate::protocol::Masked(&turn.userid), first = %names::name(kept.cluster), "another turn pinned this call first; later turns follow that pin");
@@ -236,7 +336,13 @@ impl Proxy {
         let mut resp = Response::from_parts(head, body);
         if snap.decision_header {
             let rule = rec.rule.as_deref().unwrap_or("-");
-            if let Some(v) = decision_header(rule, &pool.name, kind.as_str(), snap.generation, rec.fallback_from.as_deref()) {
+            if let Some(v) = decision_header(
+                rule,
+                &pool.name,
+                kind.as_str(),
+                snap.generation,
+                rec.fallback_from.as_deref(),
+            ) {
                 resp.headers_mut().insert(DECISION_HEADER, v);
             }
         }

@@ -55,10 +55,29 @@ pub struct Decision {
 }
 
 impl Routing {
-    pub fn new(rules: Vec<Rule>, default: usize, clusters: Vec<Arc<str>>, draining: Vec<bool>, fallback: Vec<Option<usize>>) -> Self {
+    pub fn new(
+        rules: Vec<Rule>,
+        default: usize,
+        clusters: Vec<Arc<str>>,
+        draining: Vec<bool>,
+        fallback: Vec<Option<usize>>,
+    ) -> Self {
         let index = VdnIndex::build(&rules);
-        let unindexed = rules.iter().enumerate().filter(|(_, r)| r.vdn.is_none()).map(|(i, _)| i as u32).collect();
-        Routing { rules, default, clusters, draining, fallback, index, unindexed }
+        let unindexed = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.vdn.is_none())
+            .map(|(i, _)| i as u32)
+            .collect();
+        Routing {
+            rules,
+            default,
+            clusters,
+            draining,
+            fallback,
+            index,
+            unindexed,
+        }
     }
 
     pub fn rule_name(&self, r: RuleRef) -> &str {
@@ -98,7 +117,10 @@ pub fn decide(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Decision {
         None => &[],
     };
     // Merge the two ordered lists of rule indices.
-    let (mut a, mut b) = (indexed.iter().peekable(), routing.unindexed.iter().peekable());
+    let (mut a, mut b) = (
+        indexed.iter().peekable(),
+        routing.unindexed.iter().peekable(),
+    );
     loop {
         let next = match (a.peek(), b.peek()) {
             (Some(&&x), Some(&&y)) => {
@@ -121,10 +143,16 @@ pub fn decide(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Decision {
             (None, None) => break,
         } as usize;
         if let Some(cluster) = routing.try_rule(next, turn, headers) {
-            return Decision { rule: RuleRef::Rule(next), cluster };
+            return Decision {
+                rule: RuleRef::Rule(next),
+                cluster,
+            };
         }
     }
-    Decision { rule: RuleRef::Default, cluster: routing.default }
+    Decision {
+        rule: RuleRef::Default,
+        cluster: routing.default,
+    }
 }
 
 /// Vdn → ordered indices of the rules whose vdn condition contains it. Elementary segments of
@@ -211,7 +239,10 @@ pub fn explain(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Explanati
     };
     for (i, r) in routing.rules.iter().enumerate().take(last) {
         if r.vdn.is_some() && turn.dialog.vdn().is_none() {
-            skipped.push(format!("{}: has a vdn condition and this is a V1 request", r.name));
+            skipped.push(format!(
+                "{}: has a vdn condition and this is a V1 request",
+                r.name
+            ));
         } else if !r.conditions_hold(turn, headers) {
             skipped.push(format!("{}: conditions do not hold", r.name));
         } else {
@@ -221,10 +252,23 @@ pub fn explain(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Explanati
     }
     let why = match d.rule {
         RuleRef::Rule(i) => match &routing.rules[i].target {
-            Target::Cluster(_) => format!("rule `{}` matched (first match wins)", routing.rules[i].name),
+            Target::Cluster(_) => format!(
+                "rule `{}` matched (first match wins)",
+                routing.rules[i].name
+            ),
             Target::Split(s) => {
-                let total: f64 = s.candidates.iter().filter(|c| !routing.draining[c.cluster]).map(|c| c.weight).sum();
-                let w = s.candidates.iter().find(|c| c.cluster == d.cluster).map(|c| c.weight).unwrap_or(0.0);
+                let total: f64 = s
+                    .candidates
+                    .iter()
+                    .filter(|c| !routing.draining[c.cluster])
+                    .map(|c| c.weight)
+                    .sum();
+                let w = s
+                    .candidates
+                    .iter()
+                    .find(|c| c.cluster == d.cluster)
+                    .map(|c| c.weight)
+                    .unwrap_or(0.0);
                 format!(
                     "rule `{}` matched; its split chose `{}` by rendezvous hash of the userid (weight {w} of {total})",
                     routing.rules[i].name,
@@ -234,5 +278,10 @@ pub fn explain(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Explanati
         },
         RuleRef::Default => "no rule matched: the default cluster".to_string(),
     };
-    Explanation { rule: routing.rule_name(d.rule).to_string(), cluster: routing.cluster_name(d.cluster).to_string(), why, skipped }
+    Explanation {
+        rule: routing.rule_name(d.rule).to_string(),
+        cluster: routing.cluster_name(d.cluster).to_string(),
+        why,
+        skipped,
+    }
 }

@@ -53,7 +53,9 @@ impl Rule {
     /// Do all of this rule's conditions hold for the turn? (The target is checked by the router.)
     pub fn conditions_hold(&self, turn: &Turn, headers: &HeaderMap) -> bool {
         if let Some(ranges) = &self.vdn {
-            let Some(v) = turn.dialog.vdn() else { return false };
+            let Some(v) = turn.dialog.vdn() else {
+                return false;
+            };
             if !ranges.iter().any(|&(lo, hi)| lo <= v && v <= hi) {
                 return false;
             }

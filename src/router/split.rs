@@ -34,7 +34,11 @@ impl Split {
     pub fn new<'a>(salt: &str, clusters: impl IntoIterator<Item = (usize, &'a str, f64)>) -> Split {
         let candidates = clusters
             .into_iter()
-            .map(|(cluster, name, weight)| Candidate { cluster, weight, seed: seed(salt, name) })
+            .map(|(cluster, name, weight)| Candidate {
+                cluster,
+                weight,
+                seed: seed(salt, name),
+            })
             .collect();
         Split { candidates }
     }
@@ -77,15 +81,23 @@ mod tests {
     use super::*;
 
     fn split(w_canary: f64, w_stable: f64) -> Split {
-        Split::new("rollout", [(0, "canary", w_canary), (1, "stable", w_stable)])
+        Split::new(
+            "rollout",
+            [(0, "canary", w_canary), (1, "stable", w_stable)],
+        )
     }
 
     #[test]
     fn choices_match_golden_values() {
         // Fixed expected clusters for fixed userids: a changed hash or formula fails here.
         let s = split(50.0, 50.0);
-        let got: Vec<usize> = (0..16).map(|i| s.choose(&format!("call-{i}"), |_| true).unwrap()).collect();
-        assert_eq!(got, GOLDEN, "split hash v1 changed: every replica would disagree");
+        let got: Vec<usize> = (0..16)
+            .map(|i| s.choose(&format!("call-{i}"), |_| true).unwrap())
+            .collect();
+        assert_eq!(
+            got, GOLDEN,
+            "split hash v1 changed: every replica would disagree"
+        );
     }
     const GOLDEN: [usize; 16] = [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0];
 
@@ -93,7 +105,9 @@ mod tests {
     fn shares_follow_weights() {
         let s = split(10.0, 90.0);
         let n = 20_000;
-        let canary = (0..n).filter(|i| s.choose(&format!("u-{i}"), |_| true) == Some(0)).count();
+        let canary = (0..n)
+            .filter(|i| s.choose(&format!("u-{i}"), |_| true) == Some(0))
+            .count();
         let share = canary as f64 / n as f64;
         assert!((share - 0.10).abs() < 0.01, "share {share}");
     }
@@ -111,7 +125,10 @@ mod tests {
                 _ => {}
             }
         }
-        assert_eq!(to_stable, 0, "raising the canary must never move a call to stable");
+        assert_eq!(
+            to_stable, 0,
+            "raising the canary must never move a call to stable"
+        );
         let moved = to_canary as f64 / n as f64;
         assert!((moved - 0.40).abs() < 0.015, "moved {moved}");
     }

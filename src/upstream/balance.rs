@@ -43,7 +43,9 @@ impl Balance {
         match self {
             Balance::RoundRobin => {
                 let start = counter.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| accept(i, &endpoints[i]))
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| accept(i, &endpoints[i]))
             }
             Balance::LeastRequest => {
                 let start = counter.fetch_add(1, Ordering::Relaxed);

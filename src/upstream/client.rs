@@ -28,7 +28,10 @@ pub enum ReqBody {
 impl Body for ReqBody {
     type Data = Bytes;
     type Error = hyper::Error;
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ReqBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
@@ -59,7 +62,9 @@ pub fn build(spec: &ClusterSpec) -> Result<Client, String> {
     http.set_connect_timeout(Some(spec.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
     let tls = tls_config(spec)?;
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
     let builder = match &spec.tls.server_name {
         Some(name) => builder.with_server_name_resolver(FixedServerName(name.clone())),
         None => builder,
@@ -78,7 +83,11 @@ pub fn build(spec: &ClusterSpec) -> Result<Client, String> {
 struct FixedServerName(String);
 
 impl hyper_rustls::ResolveServerName for FixedServerName {
-    fn resolve(&self, _uri: &http::Uri) -> Result<rustls::pki_types::ServerName<'static>, Box<dyn std::error::Error + Sync + Send>> {
+    fn resolve(
+        &self,
+        _uri: &http::Uri,
+    ) -> Result<rustls::pki_types::ServerName<'static>, Box<dyn std::error::Error + Sync + Send>>
+    {
         rustls::pki_types::ServerName::try_from(self.0.clone()).map_err(|e| e.into())
     }
 }
@@ -101,15 +110,17 @@ fn tls_config(spec: &ClusterSpec) -> Result<rustls::ClientConfig, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    let mut cfg = match (&spec.tls.cert, &spec.tls.key) {
+    // ALPN (h2, http/1.1) is set by the connector builder from enable_http1/enable_http2.
+    let cfg = match (&spec.tls.cert, &spec.tls.key) {
         (Some(c), Some(k)) => {
             let certs = crate::tlsfiles::read_certs(c)?;
             let key = crate::tlsfiles::read_key(k)?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| format!("client certificate: {e}"))?
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("client certificate: {e}"))?
         }
         _ => builder.with_no_client_auth(),
     };
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
 
@@ -123,23 +134,38 @@ pub enum UpstreamError {
     #[error("upstream {endpoint} broke the connection: {reason}")]
     Broken { endpoint: Arc<str>, reason: String },
     #[error("upstream {endpoint} did not answer within {timeout:?}")]
-    Timeout { endpoint: Arc<str>, timeout: Duration },
+    Timeout {
+        endpoint: Arc<str>,
+        timeout: Duration,
+    },
     #[error("no endpoint of cluster {cluster} can take the request ({why})")]
-    NoUpstream { cluster: Arc<str>, why: &'static str },
+    NoUpstream {
+        cluster: Arc<str>,
+        why: &'static str,
+    },
 }
 
 impl UpstreamError {
     /// Safe to try another endpoint: the request never left the gateway.
     pub fn reached_endpoint(&self) -> bool {
-        !matches!(self, UpstreamError::Connect { .. } | UpstreamError::NoUpstream { .. })
+        !matches!(
+            self,
+            UpstreamError::Connect { .. } | UpstreamError::NoUpstream { .. }
+        )
     }
 
     pub fn classify(endpoint: &Arc<str>, e: hyper_util::client::legacy::Error) -> UpstreamError {
         let reason = error_chain(&e);
         if e.is_connect() {
-            UpstreamError::Connect { endpoint: endpoint.clone(), reason }
+            UpstreamError::Connect {
+                endpoint: endpoint.clone(),
+                reason,
+            }
         } else {
-            UpstreamError::Broken { endpoint: endpoint.clone(), reason }
+            UpstreamError::Broken {
+                endpoint: endpoint.clone(),
+                reason,
+            }
         }
     }
 }

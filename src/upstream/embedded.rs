@@ -19,12 +19,18 @@ pub struct EmbeddedCluster {
 }
 
 pub async fn start(spec: &EmbeddedSpec) -> Result<EmbeddedCluster, String> {
-    let opts = BackendOptions { label: spec.label.clone(), flows: spec.flows.as_ref().map(PathBuf::from), ..BackendOptions::default() };
+    let opts = BackendOptions {
+        label: spec.label.clone(),
+        flows: spec.flows.as_ref().map(PathBuf::from),
+        ..BackendOptions::default()
+    };
     let backend = Backend::new(opts).map_err(|e| e.to_string())?;
     let mut addrs = Vec::new();
     let mut stops = Vec::new();
     for _ in 0..spec.instances.max(1) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("embedded backend: {e}"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("embedded backend: {e}"))?;
         addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
         let (tx, rx) = oneshot::channel::<()>();
         let b = backend.clone();
@@ -41,5 +47,8 @@ pub async fn start(spec: &EmbeddedSpec) -> Result<EmbeddedCluster, String> {
         stops.push(tx);
     }
     tracing::info!(label = %spec.label, instances = addrs.len(), addrs = ?addrs, "embedded backend started");
-    Ok(EmbeddedCluster { addrs, _stop: stops })
+    Ok(EmbeddedCluster {
+        addrs,
+        _stop: stops,
+    })
 }

@@ -67,7 +67,11 @@ pub struct OutlierSpec {
 
 impl Default for OutlierSpec {
     fn default() -> Self {
-        OutlierSpec { consecutive_failures: 5, eject_for: Duration::from_secs(30), max_ejected: 0.5 }
+        OutlierSpec {
+            consecutive_failures: 5,
+            eject_for: Duration::from_secs(30),
+            max_ejected: 0.5,
+        }
     }
 }
 
@@ -108,7 +112,11 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(metrics: Metrics) -> Self {
-        Upstreams { pools: ArcSwap::from_pointee(HashMap::new()), metrics, lock: tokio::sync::Mutex::new(()) }
+        Upstreams {
+            pools: ArcSwap::from_pointee(HashMap::new()),
+            metrics,
+            lock: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The pool of a cluster, active or retired.
@@ -130,7 +138,10 @@ impl Upstreams {
 
     /// Make the pools match `specs` (in the snapshot's cluster order) and return them in that
     /// order. Pools of clusters that left the file stay while they have pins.
-    pub async fn reconcile(&self, specs: &[(Arc<str>, ClusterSpec)]) -> Result<Vec<Arc<ClusterPool>>, String> {
+    pub async fn reconcile(
+        &self,
+        specs: &[(Arc<str>, ClusterSpec)],
+    ) -> Result<Vec<Arc<ClusterPool>>, String> {
         let _guard = self.lock.lock().await;
         let current = self.pools.load_full();
         let mut next: HashMap<NameId, Arc<ClusterPool>> = HashMap::new();
@@ -187,21 +198,47 @@ impl Upstreams {
 
     fn forget_endpoints(&self, pool: &ClusterPool) {
         for e in pool.state.load().endpoints.iter() {
-            let _ = self.metrics.endpoint_healthy.remove_label_values(&[&pool.name, &e.url]);
+            let _ = self
+                .metrics
+                .endpoint_healthy
+                .remove_label_values(&[&pool.name, &e.url]);
         }
     }
 
-    async fn create(&self, name: Arc<str>, id: NameId, spec: &ClusterSpec) -> Result<Arc<ClusterPool>, String> {
+    async fn create(
+        &self,
+        name: Arc<str>,
+        id: NameId,
+        spec: &ClusterSpec,
+    ) -> Result<Arc<ClusterPool>, String> {
         let (endpoints, embedded) = match &spec.embedded {
             Some(e) => {
-                let cluster = embedded::start(e).await.map_err(|err| format!("cluster {name}: {err}"))?;
-                let eps = cluster.addrs.iter().map(|a| Arc::new(Endpoint::new(&format!("http://{a}"), false))).collect();
+                let cluster = embedded::start(e)
+                    .await
+                    .map_err(|err| format!("cluster {name}: {err}"))?;
+                let eps = cluster
+                    .addrs
+                    .iter()
+                    .map(|a| Arc::new(Endpoint::new(&format!("http://{a}"), false)))
+                    .collect();
                 (eps, Some(cluster))
             }
-            None => (spec.endpoints.iter().map(|u| Arc::new(Endpoint::new(&u.text, u.https))).collect(), None),
+            None => (
+                spec.endpoints
+                    .iter()
+                    .map(|u| Arc::new(Endpoint::new(&u.text, u.https)))
+                    .collect(),
+                None,
+            ),
         };
-        let pool = ClusterPool::new(name.clone(), id, spec.clone(), endpoints, self.metrics.clone())
-            .map_err(|e| format!("cluster {name}: {e}"))?;
+        let pool = ClusterPool::new(
+            name.clone(),
+            id,
+            spec.clone(),
+            endpoints,
+            self.metrics.clone(),
+        )
+        .map_err(|e| format!("cluster {name}: {e}"))?;
         if let Ok(mut g) = pool.embedded.lock() {
             *g = embedded;
         }
@@ -217,8 +254,14 @@ impl Upstreams {
         let endpoints: Vec<Arc<Endpoint>> = match &spec.embedded {
             Some(e) if old.spec.embedded.as_ref() == Some(e) => old.endpoints.clone(),
             Some(e) => {
-                let cluster = embedded::start(e).await.map_err(|err| format!("cluster {}: {err}", pool.name))?;
-                let eps = cluster.addrs.iter().map(|a| Arc::new(Endpoint::new(&format!("http://{a}"), false))).collect();
+                let cluster = embedded::start(e)
+                    .await
+                    .map_err(|err| format!("cluster {}: {err}", pool.name))?;
+                let eps = cluster
+                    .addrs
+                    .iter()
+                    .map(|a| Arc::new(Endpoint::new(&format!("http://{a}"), false)))
+                    .collect();
                 if let Ok(mut g) = pool.embedded.lock() {
                     // The old instances stop when dropped; their calls' state goes with them,
                     // as it would on a real ODFS redeploy.
@@ -230,24 +273,44 @@ impl Upstreams {
                 .endpoints
                 .iter()
                 .map(|u| {
-                    old.endpoints.iter().find(|e| *e.url == *u.text).cloned().unwrap_or_else(|| Arc::new(Endpoint::new(&u.text, u.https)))
+                    old.endpoints
+                        .iter()
+                        .find(|e| *e.url == *u.text)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Endpoint::new(&u.text, u.https)))
                 })
                 .collect(),
         };
         for e in old.endpoints.iter() {
             if !endpoints.iter().any(|n| n.url == e.url) {
-                let _ = self.metrics.endpoint_healthy.remove_label_values(&[&pool.name, &e.url]);
+                let _ = self
+                    .metrics
+                    .endpoint_healthy
+                    .remove_label_values(&[&pool.name, &e.url]);
             }
         }
         for e in &endpoints {
-            self.metrics.endpoint_healthy.with_label_values(&[&pool.name, &e.url]).set(i64::from(pool.is_healthy(e)));
+            self.metrics
+                .endpoint_healthy
+                .with_label_values(&[&pool.name, &e.url])
+                .set(i64::from(pool.is_healthy(e)));
         }
-        let client = if client_settings_equal(&old.spec, spec) { old.client.clone() } else { client::build(spec)? };
-        pool.state.store(Arc::new(pool::PoolState { spec: spec.clone(), endpoints, client }));
+        let client = if client_settings_equal(&old.spec, spec) {
+            old.client.clone()
+        } else {
+            client::build(spec)?
+        };
+        pool.state.store(Arc::new(pool::PoolState {
+            spec: spec.clone(),
+            endpoints,
+            client,
+        }));
         Ok(())
     }
 }
 
 fn client_settings_equal(a: &ClusterSpec, b: &ClusterSpec) -> bool {
-    a.tls == b.tls && a.connect_timeout == b.connect_timeout && a.endpoints.iter().any(|e| e.https) == b.endpoints.iter().any(|e| e.https)
+    a.tls == b.tls
+        && a.connect_timeout == b.connect_timeout
+        && a.endpoints.iter().any(|e| e.https) == b.endpoints.iter().any(|e| e.https)
 }

@@ -41,7 +41,10 @@ impl Endpoint {
         Endpoint {
             url: Arc::from(url),
             https,
-            authority: url.parse::<http::Uri>().ok().and_then(|u| u.authority().cloned()),
+            authority: url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.authority().cloned()),
             seed: crate::router::split::seed("endpoint", url),
             inflight: AtomicU32::new(0),
             checked_healthy: AtomicBool::new(true),
@@ -123,15 +126,28 @@ pub enum PickError {
 }
 
 impl ClusterPool {
-    pub fn new(name: Arc<str>, id: NameId, spec: ClusterSpec, endpoints: Vec<Arc<Endpoint>>, metrics: Metrics) -> Result<Self, String> {
+    pub fn new(
+        name: Arc<str>,
+        id: NameId,
+        spec: ClusterSpec,
+        endpoints: Vec<Arc<Endpoint>>,
+        metrics: Metrics,
+    ) -> Result<Self, String> {
         let client = client::build(&spec)?;
         for e in &endpoints {
-            metrics.endpoint_healthy.with_label_values(&[&name, &e.url]).set(1);
+            metrics
+                .endpoint_healthy
+                .with_label_values(&[&name, &e.url])
+                .set(1);
         }
         Ok(ClusterPool {
             name,
             id,
-            state: ArcSwap::from_pointee(PoolState { spec, endpoints, client }),
+            state: ArcSwap::from_pointee(PoolState {
+                spec,
+                endpoints,
+                client,
+            }),
             counter: AtomicUsize::new(0),
             epoch: Instant::now(),
             metrics,
@@ -150,13 +166,23 @@ impl ClusterPool {
 
     /// Does the cluster have at least one healthy endpoint?
     pub fn any_healthy(&self) -> bool {
-        self.state.load().endpoints.iter().any(|e| self.is_healthy(e))
+        self.state
+            .load()
+            .endpoints
+            .iter()
+            .any(|e| self.is_healthy(e))
     }
 
     /// Pick an endpoint and take an in-flight slot on it. `tried` is a bitmask of endpoint
     /// indices already tried for this request. `strict`: healthy endpoints only (new calls);
     /// otherwise a pinned turn falls back to endpoints marked down before giving up.
-    pub fn pick(&self, state: &PoolState, userid: &str, tried: u64, strict: bool) -> Result<(usize, InflightGuard), PickError> {
+    pub fn pick(
+        &self,
+        state: &PoolState,
+        userid: &str,
+        tried: u64,
+        strict: bool,
+    ) -> Result<(usize, InflightGuard), PickError> {
         let max = state.spec.max_inflight;
         let mut saw_full = false;
         let passes: &[bool] = if strict { &[true] } else { &[true, false] };
@@ -173,9 +199,13 @@ impl ClusterPool {
             // Try the strategy's choice; if it is full, skip it and ask again.
             let mut skip: u64 = 0;
             loop {
-                let choice = state.spec.balance.pick(&state.endpoints, &self.counter, userid, |i, e| {
-                    accept(i, e) && (i >= 64 || skip & (1 << i) == 0)
-                });
+                let choice =
+                    state
+                        .spec
+                        .balance
+                        .pick(&state.endpoints, &self.counter, userid, |i, e| {
+                            accept(i, e) && (i >= 64 || skip & (1 << i) == 0)
+                        });
                 let Some(i) = choice else { break };
                 let e = &state.endpoints[i];
                 if max == 0 || e.inflight.fetch_add(1, Ordering::Relaxed) < max {
@@ -184,7 +214,13 @@ impl ClusterPool {
                     }
                     let gauge = self.metrics.inflight.with_label_values(&[&self.name]);
                     gauge.inc();
-                    return Ok((i, InflightGuard { endpoint: e.clone(), gauge }));
+                    return Ok((
+                        i,
+                        InflightGuard {
+                            endpoint: e.clone(),
+                            gauge,
+                        },
+                    ));
                 }
                 e.inflight.fetch_sub(1, Ordering::Relaxed);
                 saw_full = true;
@@ -197,7 +233,11 @@ impl ClusterPool {
                 return Err(PickError::Full);
             }
         }
-        Err(if saw_full { PickError::Full } else { PickError::NoneHealthy })
+        Err(if saw_full {
+            PickError::Full
+        } else {
+            PickError::NoneHealthy
+        })
     }
 
     /// Live traffic says the endpoint answered.
@@ -236,15 +276,27 @@ impl ClusterPool {
         let dur = base.saturating_mul(1u64 << k).min(5 * 60 * 1000);
         e.ejected_until.store(now + dur, Ordering::Relaxed);
         e.consecutive_failures.store(0, Ordering::Relaxed);
-        e.set_reason(Some(format!("ejected for {}ms after {n} failures in a row ({why})", dur)));
-        self.metrics.ejections.with_label_values(&[&self.name, &e.url]).inc();
-        self.metrics.endpoint_healthy.with_label_values(&[&self.name, &e.url]).set(0);
+        e.set_reason(Some(format!(
+            "ejected for {}ms after {n} failures in a row ({why})",
+            dur
+        )));
+        self.metrics
+            .ejections
+            .with_label_values(&[&self.name, &e.url])
+            .inc();
+        self.metrics
+            .endpoint_healthy
+            .with_label_values(&[&self.name, &e.url])
+            .set(0);
         tracing::warn!(cluster = %self.name, endpoint = %e.url, eject_ms = dur, reason = why, "endpoint ejected");
         let metrics = self.metrics.clone();
         let (name, url) = (self.name.clone(), e.url.clone());
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(dur)).await;
-            metrics.endpoint_healthy.with_label_values(&[&name, &url]).set(1);
+            metrics
+                .endpoint_healthy
+                .with_label_values(&[&name, &url])
+                .set(1);
         });
     }
 
