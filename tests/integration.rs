@@ -5,3 +5,5 @@ mod support;
 
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
 mod routing;
+/// Every row of the §3 error table; byte-exact forwarding; other paths.
+mod errors;

@@ -174,6 +174,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub label: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Delay before each answer (a slow ODFS).
+    pub delay: Arc<Mutex<Duration>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -197,6 +199,8 @@ impl Upstream {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let seen2 = seen.clone();
+        let delay: Arc<Mutex<Duration>> = Arc::default();
+        let delay2 = delay.clone();
         tokio::spawn(async move {
             let mut conns = Vec::new();
             loop {
@@ -206,11 +210,13 @@ impl Upstream {
                 };
                 let seen = seen2.clone();
                 let handler = handler.clone();
+                let delay = delay2.clone();
                 conns.push(tokio::spawn(async move {
                     let svc =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let seen = seen.clone();
                             let handler = handler.clone();
+                            let delay = *delay.lock().unwrap();
                             async move {
                                 let (parts, body) = req.into_parts();
                                 let body = body
@@ -226,6 +232,9 @@ impl Upstream {
                                 };
                                 let resp = handler(&s);
                                 seen.lock().unwrap().push(s);
+                                if !delay.is_zero() {
+                                    tokio::time::sleep(delay).await;
+                                }
                                 Ok::<_, std::convert::Infallible>(resp)
                             }
                         });
@@ -243,12 +252,17 @@ impl Upstream {
             addr,
             label: label.to_string(),
             seen,
+            delay,
             stop: Some(tx),
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn set_delay(&self, d: Duration) {
+        *self.delay.lock().unwrap() = d;
     }
 
     pub fn count(&self) -> usize {
