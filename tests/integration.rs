@@ -7,3 +7,5 @@ mod support;
 mod routing;
 /// Every row of the §3 error table; byte-exact forwarding; other paths.
 mod errors;
+/// Pin creation, following, and every release path.
+mod pins;
