@@ -255,6 +255,7 @@ impl Metrics {
         }
         for op in ["get", "put", "touch", "release"] {
             inner.pin_store_errors.with_label_values(&[op]);
+            inner.pin_store_duration.with_label_values(&[op]);
         }
         Metrics {
             inner: Arc::new(inner),

@@ -3,9 +3,11 @@
 
 mod support;
 
-/// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
-mod routing;
+/// The admin surface and the metrics contract.
+mod admin;
 /// Every row of the §3 error table; byte-exact forwarding; other paths.
 mod errors;
 /// Pin creation, following, and every release path.
 mod pins;
+/// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
+mod routing;

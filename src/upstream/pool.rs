@@ -139,6 +139,12 @@ impl ClusterPool {
                 .endpoint_healthy
                 .with_label_values(&[&name, &e.url])
                 .set(1);
+            metrics.ejections.with_label_values(&[&name, &e.url]);
+        }
+        metrics.inflight.with_label_values(&[&name]);
+        metrics.pins.with_label_values(&[&name]);
+        if let Some(fb) = &spec.fallback {
+            metrics.fallbacks.with_label_values(&[&*name, fb.as_str()]);
         }
         Ok(ClusterPool {
             name,

@@ -6,7 +6,7 @@
 //! `Upstream::start("stable")` is an ODFS stand-in that records every request and answers
 //! with a dialog-shaped body (outaction 9, or 10 to a hangup report) and `x-upstream: <label>`.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::disallowed_types)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -454,5 +454,130 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// === The real binary ===
+
+/// A gateway run as a separate OS process of the `graygate` binary.
+pub struct Process {
+    pub child: std::process::Child,
+    pub dialog: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Start `graygate serve` on a config (listen/admin on fixed free loopback ports).
+    pub async fn start(yaml: &str) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, yaml).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Process {
+        let (d, a) = (free_port(), free_port());
+        let mut body = String::new();
+        for line in yaml.lines() {
+            if !line.starts_with("listen:") && !line.starts_with("admin:") {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+        let text = format!("listen: 127.0.0.1:{d}\nadmin: 127.0.0.1:{a}\n{body}");
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, text).unwrap();
+        Self::spawn(dir, path, d, a).await
+    }
+
+    pub async fn spawn(dir: tempfile::TempDir, path: PathBuf, d: u16, a: u16) -> Process {
+        let log = dir.path().join(format!("gateway-{d}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_graygate"))
+            .args(["serve", "-c"])
+            .arg(&path)
+            .args(["--log-format", "json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let p = Process {
+            child,
+            dialog: ([127, 0, 0, 1], d).into(),
+            admin: ([127, 0, 0, 1], a).into(),
+            dir,
+            path,
+            log,
+        };
+        let c = Client::new();
+        let url = format!("http://{}/readyz", p.admin);
+        let ready = eventually(Duration::from_secs(20), || {
+            let (c, url) = (c.clone(), url.clone());
+            async move { c.try_get(&url).await == Some(200) }
+        })
+        .await;
+        assert!(
+            ready,
+            "gateway process did not become ready: {}",
+            std::fs::read_to_string(&p.log).unwrap_or_default()
+        );
+        p
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released; a tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Client {
+    /// GET returning the status, or None when the connection failed.
+    pub async fn try_get(&self, url: &str) -> Option<u16> {
+        let req = Request::builder()
+            .uri(url)
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let r = tokio::time::timeout(Duration::from_secs(5), self.inner.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        Some(r.status().as_u16())
     }
 }
