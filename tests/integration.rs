@@ -5,6 +5,8 @@ mod support;
 
 /// The admin surface and the metrics contract.
 mod admin;
+/// The command line as the real binary: check, explain, diff, schema.
+mod cli;
 /// Every row of the §3 error table; byte-exact forwarding; other paths.
 mod errors;
 /// Pin creation, following, and every release path.

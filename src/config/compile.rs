@@ -149,7 +149,8 @@ pub fn compile(
         let mut cur = start;
         while let Some(next) = fallback[cur] {
             if seen.contains(&next) {
-                if next == start {
+                // Report each cycle once, at its first cluster in name order.
+                if next == start && seen.iter().all(|&k| k >= start) {
                     let chain: Vec<&str> = seen.iter().map(|&k| &*clusters[k].name).collect();
                     ctx.err(
                         &format!("clusters.{}.fallback", clusters[start].name),

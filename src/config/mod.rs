@@ -35,6 +35,32 @@ pub fn load(path: &Path) -> Result<Snapshot, LocatedErrors> {
 /// Parse and compile routes from text (`file` names it in errors).
 pub fn load_str(text: &str, file: &str, path: &Path) -> Result<Snapshot, LocatedErrors> {
     let raw: raw::RoutesFile = serde_yaml::from_str(text)
-        .map_err(|e| LocatedErrors(vec![Located::from_yaml(file, &e)]))?;
+        .map_err(|e| LocatedErrors(vec![refine(Located::from_yaml(file, &e), text)]))?;
     compile::compile(raw, file, text, path)
+}
+
+/// serde_yaml places an error raised by a value's own check at the enclosing mapping. When the
+/// message quotes the offending text (`like this`), point at that text instead, searching from
+/// the reported line on.
+pub fn refine(mut e: Located, text: &str) -> Located {
+    let Some(start) = e.message.find('`') else {
+        return e;
+    };
+    let Some(len) = e.message[start + 1..].find('`') else {
+        return e;
+    };
+    let needle = &e.message[start + 1..start + 1 + len];
+    if needle.is_empty() {
+        return e;
+    }
+    for (i, line) in text.lines().enumerate().skip(e.line.saturating_sub(1)) {
+        if let Some(col) = line.find(needle) {
+            if i + 1 != e.line || col + 1 > e.column {
+                e.line = i + 1;
+                e.column = col + 1;
+            }
+            return e;
+        }
+    }
+    e
 }

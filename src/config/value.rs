@@ -125,7 +125,7 @@ impl<'de> Deserialize<'de> for VdnSpec {
                 Ok(VdnSpec { lo: v, hi: v })
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<VdnSpec, E> {
-                Err(E::custom(format!("vdn {v} is negative")))
+                Err(E::custom(format!("vdn `{v}` is negative")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<VdnSpec, E> {
                 VdnSpec::parse(v).map_err(E::custom)
@@ -144,7 +144,7 @@ impl<'de> Deserialize<'de> for Weight {
         let w = f64::deserialize(d)?;
         if !(w.is_finite() && w > 0.0) {
             return Err(de::Error::custom(format!(
-                "weight {w} must be a positive number"
+                "weight `{w}` must be a positive number"
             )));
         }
         Ok(Weight(w))
