@@ -128,7 +128,7 @@ async fn split_share_and_the_same_choice_in_another_process() {
             let b = c
                 .post(
                     &format!("http://{}/oifde/rest/v2/crs/process/7", other.dialog),
-                    turn_body(&format!("{userid}"), 8, Some("hangup")),
+                    turn_body(&userid, 8, Some("hangup")),
                 )
                 .await;
             if b.upstream() != Some(here.as_str()) {
