@@ -11,5 +11,7 @@ mod cli;
 mod errors;
 /// Pin creation, following, and every release path.
 mod pins;
+/// Hot reload under traffic, SIGHUP, retired clusters, graceful restart with pins.
+mod reload;
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
 mod routing;
