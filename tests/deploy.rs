@@ -300,6 +300,44 @@ fn every_label_used_is_in_spec() {
     assert!(bad.is_empty(), "labels not in spec §6:\n{}", bad.join("\n"));
 }
 
+/// The labels a series may carry: spec §6's for a metric (plus `le` for a histogram's buckets),
+/// and for a recorded series the levels of its name (`job_cluster:…` has `job` and `cluster`).
+fn labels_of(name: &str) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = ["job", "instance"].map(String::from).into();
+    if let Some((level, _)) = name.split_once(':') {
+        out.extend(level.split('_').map(String::from));
+        return out;
+    }
+    let base = strip_histogram_suffix(name);
+    if let Some((_, labels)) = SPEC_METRICS.iter().find(|(n, _)| *n == base) {
+        out.extend(labels.iter().map(|l| l.to_string()));
+    }
+    if SPEC_HISTOGRAMS.contains(&base) && name.ends_with("_bucket") {
+        out.insert("le".into());
+    }
+    out
+}
+
+#[test]
+fn every_grouping_label_exists() {
+    // `by (…)`, `without (…)`, `on (…)`, `ignoring (…)`: each label must be carried by some series
+    // the expression reads; a typo there silently aggregates everything into one series.
+    let series = regex::Regex::new(r"\b[a-z_]+:[a-zA-Z0-9_:]+|\b(graygate|process)_[a-z_]+").unwrap();
+    let grouping = regex::Regex::new(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)").unwrap();
+    let mut bad = Vec::new();
+    for (at, expr) in all_expressions() {
+        let known: BTreeSet<String> = series.find_iter(&expr).flat_map(|m| labels_of(m.as_str())).collect();
+        for g in grouping.captures_iter(&expr) {
+            for label in g[2].split(',').map(str::trim).filter(|l| !l.is_empty()) {
+                if !known.contains(label) {
+                    bad.push(format!("{at}: {}({label})", &g[1]));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "grouping by labels no series has:\n{}", bad.join("\n"));
+}
+
 // === Prometheus ===
 
 #[test]
