@@ -26,8 +26,14 @@ use serde_yaml::Value as Yaml;
 /// Every metric of spec §6 with its labels (`job`/`instance` come from the scrape, `le` from
 /// histograms). Histograms are listed by base name; `_bucket`, `_sum`, `_count` are derived.
 const SPEC_METRICS: &[(&str, &[&str])] = &[
-    ("graygate_requests_total", &["cluster", "rule", "inaction", "code"]),
-    ("graygate_request_duration_seconds", &["cluster", "inaction"]),
+    (
+        "graygate_requests_total",
+        &["cluster", "rule", "inaction", "code"],
+    ),
+    (
+        "graygate_request_duration_seconds",
+        &["cluster", "inaction"],
+    ),
     ("graygate_upstream_duration_seconds", &["cluster"]),
     ("graygate_gateway_errors_total", &["code"]),
     ("graygate_pins", &["cluster"]),
@@ -37,9 +43,15 @@ const SPEC_METRICS: &[(&str, &[&str])] = &[
     ("graygate_config_reloads_total", &["result"]),
     ("graygate_config_generation", &[]),
     ("graygate_config_last_reload_success_timestamp_seconds", &[]),
-    ("graygate_upstream_endpoint_healthy", &["cluster", "endpoint"]),
+    (
+        "graygate_upstream_endpoint_healthy",
+        &["cluster", "endpoint"],
+    ),
     ("graygate_inflight_requests", &["cluster"]),
-    ("graygate_endpoint_ejections_total", &["cluster", "endpoint"]),
+    (
+        "graygate_endpoint_ejections_total",
+        &["cluster", "endpoint"],
+    ),
     ("graygate_fallbacks_total", &["from", "to"]),
     ("graygate_pin_store_errors_total", &["op"]),
     ("graygate_pin_store_duration_seconds", &["op"]),
@@ -106,11 +118,20 @@ fn run(program: &str, args: &[&str], cwd: &Path) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn assert_ok(what: &str, o: &Output) {
-    assert!(o.status.success(), "{what} failed ({}):\n{}", o.status, text(o));
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}",
+        o.status,
+        text(o)
+    );
 }
 
 fn get<'a>(v: &'a Yaml, path: &str) -> &'a Yaml {
@@ -126,7 +147,9 @@ fn get<'a>(v: &'a Yaml, path: &str) -> &'a Yaml {
 }
 
 fn s<'a>(v: &'a Yaml, path: &str) -> &'a str {
-    get(v, path).as_str().unwrap_or_else(|| panic!("{path} is not a string"))
+    get(v, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("{path} is not a string"))
 }
 
 /// A duration as spec §2 writes it (`250ms`, `5s`, `30m`, `1h`) in seconds.
@@ -147,11 +170,17 @@ fn secs(d: &str) -> f64 {
 /// Every PromQL expression in `deploy/`: (where, expression). Grafana's variables are left in.
 fn all_expressions() -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for file in ["deploy/prometheus/recording-rules.yml", "deploy/prometheus/alerts.yml"] {
+    for file in [
+        "deploy/prometheus/recording-rules.yml",
+        "deploy/prometheus/alerts.yml",
+    ] {
         for group in get(&yaml(file), "groups").as_sequence().unwrap() {
             for rule in get(group, "rules").as_sequence().unwrap() {
                 let name = rule.get("record").or_else(|| rule.get("alert")).unwrap();
-                out.push((format!("{file}: {}", name.as_str().unwrap()), s(rule, "expr").to_string()));
+                out.push((
+                    format!("{file}: {}", name.as_str().unwrap()),
+                    s(rule, "expr").to_string(),
+                ));
             }
         }
     }
@@ -179,7 +208,8 @@ fn grafana_expressions() -> Vec<(String, String)> {
             _ => {}
         }
     }
-    let dash: serde_json::Value = serde_json::from_str(&read("deploy/grafana/graygate.json")).unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/graygate.json")).unwrap();
     let mut out = Vec::new();
     walk(&dash, "dashboard", &mut out);
     out
@@ -211,11 +241,15 @@ pub fn metric_base_names(expr: &str) -> BTreeSet<String> {
             '}' => in_braces = false,
             c if (c.is_ascii_alphabetic() || c == '_') && !in_braces => {
                 let start = i;
-                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+                {
                     i += 1;
                 }
                 let ident: String = chars[start..i].iter().collect();
-                if !ident.contains(':') && (ident.starts_with("graygate_") || ident.starts_with("process_")) {
+                if !ident.contains(':')
+                    && (ident.starts_with("graygate_") || ident.starts_with("process_"))
+                {
                     names.insert(strip_histogram_suffix(&ident).to_string());
                 }
                 continue;
@@ -238,7 +272,10 @@ fn strip_histogram_suffix(name: &str) -> &str {
 
 /// Every metric base name used anywhere in `deploy/` (dashboard, recording rules, alerts).
 pub fn used_metric_names() -> BTreeSet<String> {
-    all_expressions().iter().flat_map(|(_, e)| metric_base_names(e)).collect()
+    all_expressions()
+        .iter()
+        .flat_map(|(_, e)| metric_base_names(e))
+        .collect()
 }
 
 #[test]
@@ -247,7 +284,9 @@ fn metric_base_names_skips_labels_and_recorded_names() {
         r#"sum by (cluster) (rate(graygate_request_duration_seconds_bucket{code=~"graygate_x"}[5m]))
            / job_cluster:graygate_requests:rate5m + graygate_pins"#,
     );
-    let want: BTreeSet<String> = ["graygate_request_duration_seconds", "graygate_pins"].map(String::from).into();
+    let want: BTreeSet<String> = ["graygate_request_duration_seconds", "graygate_pins"]
+        .map(String::from)
+        .into();
     assert_eq!(names, want);
 }
 
@@ -259,7 +298,10 @@ fn every_metric_name_used_is_in_spec() {
         .iter()
         .filter(|n| !spec.contains(n.as_str()) && !PROCESS_METRICS.contains(&n.as_str()))
         .collect();
-    assert!(unknown.is_empty(), "metric names not in spec §6: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "metric names not in spec §6: {unknown:?}"
+    );
     // What a rollout needs is actually on the dashboard and in the rules.
     for needed in [
         "graygate_requests_total",
@@ -272,7 +314,10 @@ fn every_metric_name_used_is_in_spec() {
         "graygate_orphan_turns_total",
         "graygate_pins_released_total",
     ] {
-        assert!(used.contains(needed), "{needed} is used by no dashboard panel or rule");
+        assert!(
+            used.contains(needed),
+            "{needed} is used by no dashboard panel or rule"
+        );
     }
 }
 
@@ -322,11 +367,17 @@ fn labels_of(name: &str) -> BTreeSet<String> {
 fn every_grouping_label_exists() {
     // `by (…)`, `without (…)`, `on (…)`, `ignoring (…)`: each label must be carried by some series
     // the expression reads; a typo there silently aggregates everything into one series.
-    let series = regex::Regex::new(r"\b[a-z_]+:[a-zA-Z0-9_:]+|\b(graygate|process)_[a-z_]+").unwrap();
-    let grouping = regex::Regex::new(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)").unwrap();
+    let series =
+        regex::Regex::new(r"\b[a-z_]+:[a-zA-Z0-9_:]+|\b(graygate|process)_[a-z_]+").unwrap();
+    let grouping =
+        regex::Regex::new(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+            .unwrap();
     let mut bad = Vec::new();
     for (at, expr) in all_expressions() {
-        let known: BTreeSet<String> = series.find_iter(&expr).flat_map(|m| labels_of(m.as_str())).collect();
+        let known: BTreeSet<String> = series
+            .find_iter(&expr)
+            .flat_map(|m| labels_of(m.as_str()))
+            .collect();
         for g in grouping.captures_iter(&expr) {
             for label in g[2].split(',').map(str::trim).filter(|l| !l.is_empty()) {
                 if !known.contains(label) {
@@ -335,40 +386,69 @@ fn every_grouping_label_exists() {
             }
         }
     }
-    assert!(bad.is_empty(), "grouping by labels no series has:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "grouping by labels no series has:\n{}",
+        bad.join("\n")
+    );
 }
 
 // === Prometheus ===
 
 #[test]
 fn prometheus_config_and_rules_check() {
-    if !have_tool("prometheus_config_and_rules_check", "promtool", &["--version"]) {
+    if !have_tool(
+        "prometheus_config_and_rules_check",
+        "promtool",
+        &["--version"],
+    ) {
         return;
     }
     let dir = repo().join("deploy/prometheus");
-    assert_ok("promtool check config prometheus.yml", &run("promtool", &["check", "config", "prometheus.yml"], &dir));
+    assert_ok(
+        "promtool check config prometheus.yml",
+        &run("promtool", &["check", "config", "prometheus.yml"], &dir),
+    );
     assert_ok(
         "promtool check rules",
-        &run("promtool", &["check", "rules", "recording-rules.yml", "alerts.yml"], &dir),
+        &run(
+            "promtool",
+            &["check", "rules", "recording-rules.yml", "alerts.yml"],
+            &dir,
+        ),
     );
 
     // Kubernetes discovery: Debian builds promtool without it ("field kubernetes_sd_configs not
     // found"). Then the file is checked with the discovery swapped for a static target, so the
     // rest (relabelling, rule files) is still checked; an upstream promtool checks it whole.
-    let k8s = run("promtool", &["check", "config", "prometheus-kubernetes.yml"], &dir);
+    let k8s = run(
+        "promtool",
+        &["check", "config", "prometheus-kubernetes.yml"],
+        &dir,
+    );
     if !k8s.status.success() && text(&k8s).contains("kubernetes_sd_configs not found") {
         eprintln!("NOTE prometheus-kubernetes.yml: this promtool has no Kubernetes discovery; checking the rest");
         let mut cfg = yaml("deploy/prometheus/prometheus-kubernetes.yml");
         for job in cfg["scrape_configs"].as_sequence_mut().unwrap() {
             let m = job.as_mapping_mut().unwrap();
             assert!(m.remove("kubernetes_sd_configs").is_some());
-            m.insert("static_configs".into(), serde_yaml::from_str("[{targets: ['pod:9090']}]").unwrap());
+            m.insert(
+                "static_configs".into(),
+                serde_yaml::from_str("[{targets: ['pod:9090']}]").unwrap(),
+            );
         }
-        let tmp = tempfile::Builder::new().suffix(".yml").tempfile_in(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .suffix(".yml")
+            .tempfile_in(&dir)
+            .unwrap();
         std::fs::write(tmp.path(), serde_yaml::to_string(&cfg).unwrap()).unwrap();
         assert_ok(
             "promtool check config prometheus-kubernetes.yml (static)",
-            &run("promtool", &["check", "config", tmp.path().to_str().unwrap()], &dir),
+            &run(
+                "promtool",
+                &["check", "config", tmp.path().to_str().unwrap()],
+                &dir,
+            ),
         );
     } else {
         assert_ok("promtool check config prometheus-kubernetes.yml", &k8s);
@@ -392,21 +472,39 @@ fn every_alert_is_tested_firing_and_not_firing() {
     let tests = yaml("deploy/prometheus/tests.yml");
     let (mut firing, mut silent) = (BTreeSet::new(), BTreeSet::new());
     for t in get(&tests, "tests").as_sequence().unwrap() {
-        for case in t.get("alert_rule_test").and_then(|c| c.as_sequence()).into_iter().flatten() {
+        for case in t
+            .get("alert_rule_test")
+            .and_then(|c| c.as_sequence())
+            .into_iter()
+            .flatten()
+        {
             let name = s(case, "alertname").to_string();
-            let fires = case.get("exp_alerts").and_then(|e| e.as_sequence()).is_some_and(|e| !e.is_empty());
-            if fires { firing.insert(name) } else { silent.insert(name) };
+            let fires = case
+                .get("exp_alerts")
+                .and_then(|e| e.as_sequence())
+                .is_some_and(|e| !e.is_empty());
+            if fires {
+                firing.insert(name)
+            } else {
+                silent.insert(name)
+            };
         }
     }
     for a in &alerts {
         assert!(firing.contains(a), "tests.yml never expects {a} to fire");
-        assert!(silent.contains(a), "tests.yml never expects {a} to stay silent");
+        assert!(
+            silent.contains(a),
+            "tests.yml never expects {a} to stay silent"
+        );
     }
 }
 
 fn alert_names() -> Vec<String> {
     let mut names = Vec::new();
-    for group in get(&yaml("deploy/prometheus/alerts.yml"), "groups").as_sequence().unwrap() {
+    for group in get(&yaml("deploy/prometheus/alerts.yml"), "groups")
+        .as_sequence()
+        .unwrap()
+    {
         for rule in get(group, "rules").as_sequence().unwrap() {
             names.push(s(rule, "alert").to_string());
         }
@@ -417,7 +515,11 @@ fn alert_names() -> Vec<String> {
 #[test]
 fn every_alert_has_annotations_and_a_runbook_section() {
     let doc = read("docs/operations.md");
-    let anchors: BTreeSet<String> = doc.lines().filter(|l| l.starts_with('#')).map(github_anchor).collect();
+    let anchors: BTreeSet<String> = doc
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(github_anchor)
+        .collect();
     let wanted = [
         "GraygateCanaryErrorRatioHigh",
         "GraygateConfigReloadFailing",
@@ -430,18 +532,36 @@ fn every_alert_has_annotations_and_a_runbook_section() {
     for w in wanted {
         assert!(names.iter().any(|n| n == w), "alerts.yml has no {w}");
     }
-    for group in get(&yaml("deploy/prometheus/alerts.yml"), "groups").as_sequence().unwrap() {
+    for group in get(&yaml("deploy/prometheus/alerts.yml"), "groups")
+        .as_sequence()
+        .unwrap()
+    {
         for rule in get(group, "rules").as_sequence().unwrap() {
             let alert = s(rule, "alert");
             for key in ["summary", "description"] {
-                assert!(!s(rule, &format!("annotations.{key}")).trim().is_empty(), "{alert}: empty {key}");
+                assert!(
+                    !s(rule, &format!("annotations.{key}")).trim().is_empty(),
+                    "{alert}: empty {key}"
+                );
             }
-            assert!(get(rule, "labels.severity").as_str().is_some(), "{alert}: no severity");
+            assert!(
+                get(rule, "labels.severity").as_str().is_some(),
+                "{alert}: no severity"
+            );
             let url = s(rule, "annotations.runbook_url");
-            let (file, anchor) = url.split_once('#').unwrap_or_else(|| panic!("{alert}: runbook_url without #"));
+            let (file, anchor) = url
+                .split_once('#')
+                .unwrap_or_else(|| panic!("{alert}: runbook_url without #"));
             assert_eq!(file, "docs/operations.md", "{alert}");
-            assert_eq!(anchor, format!("alert-{}", alert.to_lowercase()), "{alert}: anchor name");
-            assert!(anchors.contains(anchor), "{alert}: docs/operations.md has no section #{anchor}");
+            assert_eq!(
+                anchor,
+                format!("alert-{}", alert.to_lowercase()),
+                "{alert}: anchor name"
+            );
+            assert!(
+                anchors.contains(anchor),
+                "{alert}: docs/operations.md has no section #{anchor}"
+            );
         }
     }
 }
@@ -461,7 +581,10 @@ fn github_anchor(heading: &str) -> String {
 #[test]
 fn recorded_names_used_are_recorded() {
     let mut recorded = BTreeSet::new();
-    for group in get(&yaml("deploy/prometheus/recording-rules.yml"), "groups").as_sequence().unwrap() {
+    for group in get(&yaml("deploy/prometheus/recording-rules.yml"), "groups")
+        .as_sequence()
+        .unwrap()
+    {
         for rule in get(group, "rules").as_sequence().unwrap() {
             recorded.insert(s(rule, "record").to_string());
         }
@@ -469,7 +592,11 @@ fn recorded_names_used_are_recorded() {
     let name = regex::Regex::new(r"[a-zA-Z_]+:[a-zA-Z0-9_:]+").unwrap();
     for (at, expr) in all_expressions() {
         for m in name.find_iter(&expr) {
-            assert!(recorded.contains(m.as_str()), "{at}: {} is not recorded", m.as_str());
+            assert!(
+                recorded.contains(m.as_str()),
+                "{at}: {} is not recorded",
+                m.as_str()
+            );
         }
     }
 }
@@ -488,7 +615,10 @@ fn every_dashboard_query_parses() {
     let exprs = grafana_expressions();
     assert!(exprs.len() >= 15, "only {} dashboard queries", exprs.len());
     for (at, e) in &exprs {
-        assert!(!grafana_to_promql(e).contains('$'), "{at}: an unknown Grafana variable in {e}");
+        assert!(
+            !grafana_to_promql(e).contains('$'),
+            "{at}: an unknown Grafana variable in {e}"
+        );
     }
     if !have_tool("every_dashboard_query_parses", "promtool", &["--version"]) {
         return;
@@ -499,7 +629,10 @@ fn every_dashboard_query_parses() {
         .enumerate()
         .map(|(i, (_, e))| {
             let mut m = serde_yaml::Mapping::new();
-            m.insert("record".into(), format!("graygate_dashboard_check:query_{i}").into());
+            m.insert(
+                "record".into(),
+                format!("graygate_dashboard_check:query_{i}").into(),
+            );
             m.insert("expr".into(), grafana_to_promql(e).into());
             Yaml::Mapping(m)
         })
@@ -512,25 +645,46 @@ fn every_dashboard_query_parses() {
         .insert("rules".into(), Yaml::Sequence(rules));
     let tmp = tempfile::Builder::new().suffix(".yml").tempfile().unwrap();
     std::fs::write(tmp.path(), serde_yaml::to_string(&file).unwrap()).unwrap();
-    let out = run("promtool", &["check", "rules", tmp.path().to_str().unwrap()], &repo());
+    let out = run(
+        "promtool",
+        &["check", "rules", tmp.path().to_str().unwrap()],
+        &repo(),
+    );
     assert_ok("promtool check rules <dashboard queries>", &out);
 }
 
 #[test]
 fn dashboard_shows_a_rollout() {
-    let dash: serde_json::Value = serde_json::from_str(&read("deploy/grafana/graygate.json")).unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/graygate.json")).unwrap();
     let titles: Vec<String> = dash["panels"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["title"].as_str().unwrap_or("").to_lowercase())
         .collect();
-    for want in ["new calls", "share", "error ratio", "p50", "pinned calls", "endpoint health", "generation", "reload"] {
-        assert!(titles.iter().any(|t| t.contains(want)), "no dashboard panel about {want:?}: {titles:?}");
+    for want in [
+        "new calls",
+        "share",
+        "error ratio",
+        "p50",
+        "pinned calls",
+        "endpoint health",
+        "generation",
+        "reload",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(want)),
+            "no dashboard panel about {want:?}: {titles:?}"
+        );
     }
     let mut ids = BTreeSet::new();
     for p in dash["panels"].as_array().unwrap() {
-        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id {}", p["id"]);
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "duplicate panel id {}",
+            p["id"]
+        );
     }
 }
 
@@ -540,7 +694,12 @@ fn dashboard_shows_a_rollout() {
 fn kustomize(test: &str, dir: &str) -> Option<String> {
     let dir = repo().join(dir);
     let dir = dir.to_str().unwrap();
-    let ok = |p: &str, a: &[&str]| Command::new(p).args(a).output().is_ok_and(|o| o.status.success());
+    let ok = |p: &str, a: &[&str]| {
+        Command::new(p)
+            .args(a)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     let out = if ok("kustomize", &["version"]) {
         run("kustomize", &["build", dir], &repo())
     } else if ok("kubectl", &["kustomize", "--help"]) {
@@ -561,7 +720,13 @@ fn kubernetes_validate(test: &str, manifests: &str) -> Option<Output> {
     std::fs::write(tmp.path(), manifests).unwrap();
     Some(run(
         "python3",
-        &["-m", "kubernetes_validate", "--strict", "--quiet", tmp.path().to_str().unwrap()],
+        &[
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--quiet",
+            tmp.path().to_str().unwrap(),
+        ],
         &repo(),
     ))
 }
@@ -584,28 +749,51 @@ const OVERLAYS: &[&str] = &["deploy/k8s/base", "deploy/k8s/overlays/redis"];
 #[test]
 fn kustomizations_render_and_validate() {
     for dir in OVERLAYS {
-        let Some(manifests) = kustomize("kustomizations_render_and_validate", dir) else { return };
-        let Some(out) = kubernetes_validate("kustomizations_render_and_validate", &manifests) else { return };
+        let Some(manifests) = kustomize("kustomizations_render_and_validate", dir) else {
+            return;
+        };
+        let Some(out) = kubernetes_validate("kustomizations_render_and_validate", &manifests)
+        else {
+            return;
+        };
         assert_ok(&format!("kubernetes-validate --strict on {dir}"), &out);
         // The same output says nothing is unknown: every kind rendered has a schema.
-        assert!(!text(&out).contains("Couldn't find schema"), "{dir}: {}", text(&out));
+        assert!(
+            !text(&out).contains("Couldn't find schema"),
+            "{dir}: {}",
+            text(&out)
+        );
     }
 }
 
 #[test]
 fn kubernetes_validate_rejects_an_unknown_field() {
     // The control: strict validation is not a no-op.
-    let Some(manifests) = kustomize("kubernetes_validate_rejects_an_unknown_field", "deploy/k8s/base") else { return };
+    let Some(manifests) = kustomize(
+        "kubernetes_validate_rejects_an_unknown_field",
+        "deploy/k8s/base",
+    ) else {
+        return;
+    };
     let broken = manifests.replacen("  replicas: 2\n", "  replicas: 2\n  replicaz: 2\n", 1);
     assert_ne!(broken, manifests);
-    let Some(out) = kubernetes_validate("kubernetes_validate_rejects_an_unknown_field", &broken) else { return };
-    assert!(!out.status.success(), "an unknown field passed:\n{}", text(&out));
+    let Some(out) = kubernetes_validate("kubernetes_validate_rejects_an_unknown_field", &broken)
+    else {
+        return;
+    };
+    assert!(
+        !out.status.success(),
+        "an unknown field passed:\n{}",
+        text(&out)
+    );
 }
 
 #[test]
 fn gateway_deployment_is_what_operators_need() {
     for dir in OVERLAYS {
-        let Some(manifests) = kustomize("gateway_deployment_is_what_operators_need", dir) else { return };
+        let Some(manifests) = kustomize("gateway_deployment_is_what_operators_need", dir) else {
+            return;
+        };
         let docs = documents(&manifests);
         check_gateway_objects(dir, &docs);
     }
@@ -613,25 +801,52 @@ fn gateway_deployment_is_what_operators_need() {
 
 fn check_gateway_objects(dir: &str, docs: &[Yaml]) {
     let deploy = object(docs, "Deployment", "graygate");
-    assert!(get(deploy, "spec.replicas").as_u64().unwrap() >= 2, "{dir}: fewer than 2 replicas");
+    assert!(
+        get(deploy, "spec.replicas").as_u64().unwrap() >= 2,
+        "{dir}: fewer than 2 replicas"
+    );
     let pod = get(deploy, "spec.template.spec");
     let c = get(pod, "containers.0");
-    let args: Vec<&str> = get(c, "args").as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = get(c, "args")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     let at = args.iter().position(|a| *a == "-c").expect("-c");
     assert_eq!(&args[..1], ["serve"], "{dir}");
     assert_eq!(args[at + 1], "/etc/graygate/routes.yaml", "{dir}");
 
     // Non-root, read-only root filesystem, resources.
-    assert_eq!(get(pod, "securityContext.runAsNonRoot").as_bool(), Some(true), "{dir}");
-    assert_ne!(get(pod, "securityContext.runAsUser").as_u64(), Some(0), "{dir}");
-    assert_eq!(get(c, "securityContext.readOnlyRootFilesystem").as_bool(), Some(true), "{dir}");
-    assert_eq!(get(c, "securityContext.allowPrivilegeEscalation").as_bool(), Some(false), "{dir}");
+    assert_eq!(
+        get(pod, "securityContext.runAsNonRoot").as_bool(),
+        Some(true),
+        "{dir}"
+    );
+    assert_ne!(
+        get(pod, "securityContext.runAsUser").as_u64(),
+        Some(0),
+        "{dir}"
+    );
+    assert_eq!(
+        get(c, "securityContext.readOnlyRootFilesystem").as_bool(),
+        Some(true),
+        "{dir}"
+    );
+    assert_eq!(
+        get(c, "securityContext.allowPrivilegeEscalation").as_bool(),
+        Some(false),
+        "{dir}"
+    );
     get(c, "resources.requests.cpu");
     get(c, "resources.limits.memory");
 
     // The config is a directory mount: no subPath anywhere, and the mount holds routes.yaml.
     for m in get(c, "volumeMounts").as_sequence().unwrap() {
-        assert!(m.get("subPath").is_none(), "{dir}: subPath mount {m:?} never sees ConfigMap updates");
+        assert!(
+            m.get("subPath").is_none(),
+            "{dir}: subPath mount {m:?} never sees ConfigMap updates"
+        );
     }
     let mount = get(c, "volumeMounts")
         .as_sequence()
@@ -647,7 +862,12 @@ fn check_gateway_objects(dir: &str, docs: &[Yaml]) {
         .unwrap();
     let cm_name = s(volume, "configMap.name");
     let cm = object(docs, "ConfigMap", cm_name);
-    let routes: Yaml = serde_yaml::from_str(cm["data"]["routes.yaml"].as_str().expect("routes.yaml in the ConfigMap")).expect("routes.yaml in the ConfigMap parses");
+    let routes: Yaml = serde_yaml::from_str(
+        cm["data"]["routes.yaml"]
+            .as_str()
+            .expect("routes.yaml in the ConfigMap"),
+    )
+    .expect("routes.yaml in the ConfigMap parses");
 
     // Probes on the admin listener, which must bind all interfaces in the pod.
     let port = |name: &str| -> u64 {
@@ -660,9 +880,25 @@ fn check_gateway_objects(dir: &str, docs: &[Yaml]) {
             .unwrap_or_else(|| panic!("{dir}: no container port {name}"))
     };
     let admin = s(&routes, "admin");
-    assert!(admin.starts_with("0.0.0.0:"), "{dir}: admin {admin} cannot be probed by the kubelet");
-    assert_eq!(admin.rsplit(':').next().unwrap().parse::<u64>().unwrap(), port("admin"), "{dir}");
-    assert_eq!(s(&routes, "listen").rsplit(':').next().unwrap().parse::<u64>().unwrap(), port("dialog"), "{dir}");
+    assert!(
+        admin.starts_with("0.0.0.0:"),
+        "{dir}: admin {admin} cannot be probed by the kubelet"
+    );
+    assert_eq!(
+        admin.rsplit(':').next().unwrap().parse::<u64>().unwrap(),
+        port("admin"),
+        "{dir}"
+    );
+    assert_eq!(
+        s(&routes, "listen")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+        port("dialog"),
+        "{dir}"
+    );
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         assert_eq!(s(c, &format!("{probe}.httpGet.path")), path, "{dir}");
         assert_eq!(s(c, &format!("{probe}.httpGet.port")), "admin", "{dir}");
@@ -687,7 +923,10 @@ fn check_gateway_objects(dir: &str, docs: &[Yaml]) {
     // Graceful stop: preStop pause + drain grace < terminationGracePeriodSeconds.
     let pause = get(c, "lifecycle.preStop.sleep.seconds").as_u64().unwrap();
     let grace = get(pod, "terminationGracePeriodSeconds").as_u64().unwrap();
-    assert!(grace > pause + DRAIN_GRACE_SECS, "{dir}: {grace}s grace <= {pause}s preStop + {DRAIN_GRACE_SECS}s drain");
+    assert!(
+        grace > pause + DRAIN_GRACE_SECS,
+        "{dir}: {grace}s grace <= {pause}s preStop + {DRAIN_GRACE_SECS}s drain"
+    );
 
     // The Service carries dialog traffic and the metrics port; the PDB keeps one pod.
     let svc = object(docs, "Service", "graygate");
@@ -697,23 +936,46 @@ fn check_gateway_objects(dir: &str, docs: &[Yaml]) {
         .iter()
         .map(|p| (p["name"].as_str().unwrap(), p["port"].as_u64().unwrap()))
         .collect();
-    assert!(svc_ports.contains(&("dialog", DEFAULT_DIALOG_PORT as u64)), "{dir}: {svc_ports:?}");
-    assert!(svc_ports.contains(&("metrics", DEFAULT_ADMIN_PORT as u64)), "{dir}: {svc_ports:?}");
+    assert!(
+        svc_ports.contains(&("dialog", DEFAULT_DIALOG_PORT as u64)),
+        "{dir}: {svc_ports:?}"
+    );
+    assert!(
+        svc_ports.contains(&("metrics", DEFAULT_ADMIN_PORT as u64)),
+        "{dir}: {svc_ports:?}"
+    );
     let selector = get(svc, "spec.selector").as_mapping().unwrap();
-    let labels = get(deploy, "spec.template.metadata.labels").as_mapping().unwrap();
+    let labels = get(deploy, "spec.template.metadata.labels")
+        .as_mapping()
+        .unwrap();
     for (k, v) in selector {
-        assert_eq!(labels.get(k), Some(v), "{dir}: the Service selects no gateway pod");
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "{dir}: the Service selects no gateway pod"
+        );
     }
     let pdb = object(docs, "PodDisruptionBudget", "graygate");
-    assert!(get(pdb, "spec.minAvailable").as_u64().unwrap() >= 1, "{dir}");
+    assert!(
+        get(pdb, "spec.minAvailable").as_u64().unwrap() >= 1,
+        "{dir}"
+    );
 
     // Real endpoints, and the pin store the overlay is about.
     for (name, cluster) in get(&routes, "clusters").as_mapping().unwrap() {
-        let eps = get(cluster, "endpoints").as_sequence().unwrap_or_else(|| panic!("{name:?}: no endpoints"));
+        let eps = get(cluster, "endpoints")
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name:?}: no endpoints"));
         for e in eps {
             let e = e.as_str().unwrap();
-            assert!(e.starts_with("http://") || e.starts_with("https://"), "{dir}: {e}");
-            assert!(!e.contains("127.0.0.1") && !e.contains("localhost"), "{dir}: loopback endpoint {e} in a pod");
+            assert!(
+                e.starts_with("http://") || e.starts_with("https://"),
+                "{dir}: {e}"
+            );
+            assert!(
+                !e.contains("127.0.0.1") && !e.contains("localhost"),
+                "{dir}: loopback endpoint {e} in a pod"
+            );
         }
     }
     let store = s(&routes, "pins.store");
@@ -733,7 +995,10 @@ fn service_monitor_selects_the_metrics_port() {
     for dir in OVERLAYS {
         let k = yaml(&format!("{dir}/kustomization.yaml"));
         for r in get(&k, "resources").as_sequence().unwrap() {
-            assert!(!r.as_str().unwrap().contains("servicemonitor"), "{dir}: the ServiceMonitor must stay optional");
+            assert!(
+                !r.as_str().unwrap().contains("servicemonitor"),
+                "{dir}: the ServiceMonitor must stay optional"
+            );
         }
     }
     let svc = yaml("deploy/k8s/base/service.yaml");
@@ -742,10 +1007,17 @@ fn service_monitor_selects_the_metrics_port() {
         assert_eq!(labels.get(k), Some(v), "ServiceMonitor selects no Service");
     }
     let port = s(&sm, "spec.endpoints.0.port");
-    assert!(get(&svc, "spec.ports").as_sequence().unwrap().iter().any(|p| p["name"] == port));
+    assert!(get(&svc, "spec.ports")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == port));
     assert_eq!(s(&sm, "spec.endpoints.0.path"), "/metrics");
     // kubernetes-validate has no schema for the Operator's CRD: it may only say so, not fail.
-    if let Some(out) = kubernetes_validate("service_monitor_selects_the_metrics_port", &read("deploy/k8s/servicemonitor.yaml")) {
+    if let Some(out) = kubernetes_validate(
+        "service_monitor_selects_the_metrics_port",
+        &read("deploy/k8s/servicemonitor.yaml"),
+    ) {
         assert_ok("kubernetes-validate servicemonitor.yaml", &out);
     }
 }
@@ -762,15 +1034,25 @@ fn systemd_unit_verifies() {
         .map(|l| l.split_once('=').unwrap())
         .collect();
     let one = |key: &str| -> &str {
-        let v: Vec<&str> = directives.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect();
+        let v: Vec<&str> = directives
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .collect();
         assert_eq!(v.len(), 1, "{key}: {v:?}");
         v[0]
     };
     assert_eq!(one("Type"), "notify");
-    assert_eq!(one("ExecStart"), "/usr/local/bin/graygate serve -c /etc/graygate/routes.yaml");
+    assert_eq!(
+        one("ExecStart"),
+        "/usr/local/bin/graygate serve -c /etc/graygate/routes.yaml"
+    );
     assert!(directives.contains(&("ExecReload", "/bin/kill -HUP $MAINPID")));
     assert!(secs(one("TimeoutStopSec")) > DRAIN_GRACE_SECS as f64);
-    assert!(one("LimitNOFILE").parse::<u64>().unwrap() >= 2 * 10_000, "LimitNOFILE below 2 x max_connections");
+    assert!(
+        one("LimitNOFILE").parse::<u64>().unwrap() >= 2 * 10_000,
+        "LimitNOFILE below 2 x max_connections"
+    );
     assert_eq!(one("NoNewPrivileges"), "yes");
     assert_eq!(one("ProtectSystem"), "strict");
     assert_eq!(one("DynamicUser"), "yes");
@@ -788,8 +1070,16 @@ fn systemd_unit_verifies() {
     std::fs::write(&stub, "#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let copy = tmp.path().join("graygate.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/graygate", stub.to_str().unwrap())).unwrap();
-    let out = run("systemd-analyze", &["verify", copy.to_str().unwrap()], tmp.path());
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/graygate", stub.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = run(
+        "systemd-analyze",
+        &["verify", copy.to_str().unwrap()],
+        tmp.path(),
+    );
     assert_ok("systemd-analyze verify graygate.service", &out);
     // verify exits 0 on unknown keys and other warnings about the unit: none allowed.
     let about_unit: Vec<&str> = std::str::from_utf8(&out.stderr)
@@ -798,7 +1088,11 @@ fn systemd_unit_verifies() {
         .chain(std::str::from_utf8(&out.stdout).unwrap().lines())
         .filter(|l| l.contains("graygate.service"))
         .collect();
-    assert!(about_unit.is_empty(), "systemd-analyze warned:\n{}", about_unit.join("\n"));
+    assert!(
+        about_unit.is_empty(),
+        "systemd-analyze warned:\n{}",
+        about_unit.join("\n")
+    );
 }
 
 // === Docker ===
@@ -807,7 +1101,11 @@ fn systemd_unit_verifies() {
 fn dockerfile_copies_what_exists_and_exposes_the_defaults() {
     let df = read("deploy/docker/Dockerfile");
     // Join continuation lines, drop comments.
-    let joined = df.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    let joined = df
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
     let joined = joined.replace("\\\n", " ");
     let mut stages = Vec::new();
     let mut exposed = BTreeSet::new();
@@ -825,12 +1123,19 @@ fn dockerfile_copies_what_exists_and_exposes_the_defaults() {
             }
             "COPY" | "ADD" => {
                 let from = words.iter().find_map(|w| w.strip_prefix("--from="));
-                let paths: Vec<&str> = words.iter().copied().filter(|w| !w.starts_with("--")).collect();
+                let paths: Vec<&str> = words
+                    .iter()
+                    .copied()
+                    .filter(|w| !w.starts_with("--"))
+                    .collect();
                 let (srcs, dest) = paths.split_at(paths.len() - 1);
                 assert!(!srcs.is_empty(), "{line}");
                 copied_to.insert(dest[0].to_string());
                 match from {
-                    Some(stage) => assert!(stages.iter().any(|s| s == stage), "{line}: no stage {stage}"),
+                    Some(stage) => assert!(
+                        stages.iter().any(|s| s == stage),
+                        "{line}: no stage {stage}"
+                    ),
                     None => {
                         for src in srcs {
                             let path = repo().join(src);
@@ -840,27 +1145,54 @@ fn dockerfile_copies_what_exists_and_exposes_the_defaults() {
                                 eprintln!("NOTE Dockerfile: {src} is not in the repository yet");
                                 continue;
                             }
-                            assert!(path.exists(), "{line}: {src} does not exist in the build context");
-                            assert!(!dockerignored(src), "{line}: {src} is excluded by .dockerignore");
+                            assert!(
+                                path.exists(),
+                                "{line}: {src} does not exist in the build context"
+                            );
+                            assert!(
+                                !dockerignored(src),
+                                "{line}: {src} is excluded by .dockerignore"
+                            );
                         }
                     }
                 }
             }
-            "EXPOSE" => exposed.extend(words.iter().map(|p| p.trim_end_matches("/tcp").parse::<u16>().unwrap())),
+            "EXPOSE" => exposed.extend(
+                words
+                    .iter()
+                    .map(|p| p.trim_end_matches("/tcp").parse::<u16>().unwrap()),
+            ),
             "USER" => user = Some(words[0].to_string()),
-            "CMD" | "ENTRYPOINT" => {
-                if line.contains("\"-c\"") {
-                    let cfg = line.split("\"-c\",").nth(1).unwrap().trim().split('"').nth(1).unwrap();
-                    assert!(copied_to.contains(cfg), "{line}: {cfg} is not put there by a COPY");
-                }
+            "CMD" | "ENTRYPOINT" if line.contains("\"-c\"") => {
+                let cfg = line
+                    .split("\"-c\",")
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .split('"')
+                    .nth(1)
+                    .unwrap();
+                assert!(
+                    copied_to.contains(cfg),
+                    "{line}: {cfg} is not put there by a COPY"
+                );
             }
             _ => {}
         }
     }
-    assert_eq!(exposed, BTreeSet::from([DEFAULT_DIALOG_PORT, DEFAULT_ADMIN_PORT]));
+    assert_eq!(
+        exposed,
+        BTreeSet::from([DEFAULT_DIALOG_PORT, DEFAULT_ADMIN_PORT])
+    );
     let user = user.expect("the runtime stage sets USER");
-    assert!(!["root", "0", "0:0"].contains(&user.as_str()), "runs as {user}");
-    assert!(df.contains("FROM rust:1-bookworm AS build"), "multi-stage build from rust:1-bookworm");
+    assert!(
+        !["root", "0", "0:0"].contains(&user.as_str()),
+        "runs as {user}"
+    );
+    assert!(
+        df.contains("FROM rust:1-bookworm AS build"),
+        "multi-stage build from rust:1-bookworm"
+    );
 }
 
 /// Does the repository's .dockerignore exclude this path (plain names and `dir/…` only)?
@@ -877,7 +1209,14 @@ fn dockerignored(src: &str) -> bool {
 
 #[test]
 fn dockerignore_keeps_the_build_inputs() {
-    for needed in ["Cargo.toml", "Cargo.lock", "src", "routes.yaml", "tests", "benches"] {
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src",
+        "routes.yaml",
+        "tests",
+        "benches",
+    ] {
         assert!(!dockerignored(needed), ".dockerignore excludes {needed}");
     }
     for heavy in ["target", ".git"] {
@@ -896,7 +1235,10 @@ fn routes_files() -> Vec<String> {
         .map(|n| format!("examples/{n}"))
         .collect();
     files.sort();
-    files.extend(["deploy/k8s/base/routes.yaml".to_string(), "deploy/k8s/overlays/redis/routes.yaml".to_string()]);
+    files.extend([
+        "deploy/k8s/base/routes.yaml".to_string(),
+        "deploy/k8s/overlays/redis/routes.yaml".to_string(),
+    ]);
     files
 }
 
@@ -922,18 +1264,59 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
             known(&mut errs, file, $v, $at, $allowed)
         };
     }
-    keys!(doc, "", &["listen", "tls", "admin", "admin_token_file", "decision_header", "limits", "pins", "clusters", "rules", "default"]);
+    keys!(
+        doc,
+        "",
+        &[
+            "listen",
+            "tls",
+            "admin",
+            "admin_token_file",
+            "decision_header",
+            "limits",
+            "pins",
+            "clusters",
+            "rules",
+            "default"
+        ]
+    );
     if let Some(l) = doc.get("limits") {
-        keys!(l, "limits.", &["max_body", "header_read_timeout", "request_timeout", "max_connections"]);
+        keys!(
+            l,
+            "limits.",
+            &[
+                "max_body",
+                "header_read_timeout",
+                "request_timeout",
+                "max_connections"
+            ]
+        );
     }
     if let Some(p) = doc.get("pins") {
-        keys!(p, "pins.", &["store", "idle_ttl", "end_grace", "orphan_turns", "snapshot", "redis"]);
+        keys!(
+            p,
+            "pins.",
+            &[
+                "store",
+                "idle_ttl",
+                "end_grace",
+                "orphan_turns",
+                "snapshot",
+                "redis"
+            ]
+        );
         if let Some(r) = p.get("redis") {
             keys!(r, "pins.redis.", &["key_prefix", "timeout"]);
         }
     }
     let mut durations = Vec::new();
-    for path in ["limits.header_read_timeout", "limits.request_timeout", "pins.idle_ttl", "pins.end_grace", "pins.redis.timeout"] {
+    for path in [
+        "limits.header_read_timeout",
+        "limits.request_timeout",
+        "pins.idle_ttl",
+        "pins.end_grace",
+        "pins.redis.timeout",
+    ] {
         let mut cur = Some(doc);
         for k in path.split('.') {
             cur = cur.and_then(|c| c.get(k));
@@ -942,21 +1325,46 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
             durations.push((path.to_string(), v.clone()));
         }
     }
-    let clusters = doc.get("clusters").and_then(|c| c.as_mapping()).cloned().unwrap_or_default();
+    let clusters = doc
+        .get("clusters")
+        .and_then(|c| c.as_mapping())
+        .cloned()
+        .unwrap_or_default();
     if clusters.is_empty() {
         errs.push(format!("{file}: clusters: none"));
     }
-    let names: BTreeSet<String> = clusters.keys().map(|k| k.as_str().unwrap().to_string()).collect();
+    let names: BTreeSet<String> = clusters
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
     for (name, c) in &clusters {
         let name = name.as_str().unwrap();
         let at = format!("clusters.{name}.");
-        keys!(c, &at, &["endpoints", "embedded", "balance", "timeout", "connect_timeout", "max_inflight", "health", "outlier", "fallback", "tls", "drain"]);
+        keys!(
+            c,
+            &at,
+            &[
+                "endpoints",
+                "embedded",
+                "balance",
+                "timeout",
+                "connect_timeout",
+                "max_inflight",
+                "health",
+                "outlier",
+                "fallback",
+                "tls",
+                "drain"
+            ]
+        );
         match (c.get("endpoints"), c.get("embedded")) {
             (Some(eps), None) => {
                 for e in eps.as_sequence().into_iter().flatten() {
                     let e = e.as_str().unwrap_or("");
                     if !(e.starts_with("http://") || e.starts_with("https://")) {
-                        errs.push(format!("{file}: {at}endpoints: {e:?} is not an http(s) URL"));
+                        errs.push(format!(
+                            "{file}: {at}endpoints: {e:?} is not an http(s) URL"
+                        ));
                     }
                 }
             }
@@ -964,10 +1372,24 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
             _ => errs.push(format!("{file}: {at}: needs endpoints or embedded")),
         }
         if let Some(h) = c.get("health") {
-            keys!(h, &format!("{at}health."), &["interval", "timeout", "path", "unhealthy_after", "healthy_after"]);
+            keys!(
+                h,
+                &format!("{at}health."),
+                &[
+                    "interval",
+                    "timeout",
+                    "path",
+                    "unhealthy_after",
+                    "healthy_after"
+                ]
+            );
         }
         if let Some(o) = c.get("outlier") {
-            keys!(o, &format!("{at}outlier."), &["consecutive_failures", "eject_for", "max_ejected"]);
+            keys!(
+                o,
+                &format!("{at}outlier."),
+                &["consecutive_failures", "eject_for", "max_ejected"]
+            );
         }
         if let Some(b) = c.get("balance").and_then(|b| b.as_str()) {
             if !["round_robin", "least_request", "userid_hash"].contains(&b) {
@@ -992,23 +1414,42 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
         }
     }
     let mut rule_names = BTreeSet::new();
-    for (i, r) in doc.get("rules").and_then(|r| r.as_sequence()).into_iter().flatten().enumerate() {
+    for (i, r) in doc
+        .get("rules")
+        .and_then(|r| r.as_sequence())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let at = format!("rules[{i}].");
-        keys!(r, &at, &["name", "vdn", "userid", "fields", "headers", "cluster", "split", "salt"]);
+        keys!(
+            r,
+            &at,
+            &["name", "vdn", "userid", "fields", "headers", "cluster", "split", "salt"]
+        );
         match r.get("name").and_then(|n| n.as_str()) {
             Some(n) if rule_names.insert(n.to_string()) => {}
             Some(n) => errs.push(format!("{file}: {at}name: {n} is not unique")),
             None => errs.push(format!("{file}: {at}name: missing")),
         }
         if let Some(u) = r.get("userid") {
-            keys!(u, &format!("{at}userid."), &["exact", "prefix", "suffix", "regex"]);
+            keys!(
+                u,
+                &format!("{at}userid."),
+                &["exact", "prefix", "suffix", "regex"]
+            );
             if let Some(re) = u.get("regex").and_then(|r| r.as_str()) {
                 if regex::Regex::new(re).is_err() {
                     errs.push(format!("{file}: {at}userid.regex: does not compile"));
                 }
             }
         }
-        for spec in r.get("vdn").and_then(|v| v.as_sequence()).into_iter().flatten() {
+        for spec in r
+            .get("vdn")
+            .and_then(|v| v.as_sequence())
+            .into_iter()
+            .flatten()
+        {
             let ok = match spec {
                 Yaml::Number(n) => n.as_u64().is_some(),
                 Yaml::String(s) => s
@@ -1035,7 +1476,9 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
                 })
                 .collect(),
             _ => {
-                errs.push(format!("{file}: {at}: needs exactly one of cluster and split"));
+                errs.push(format!(
+                    "{file}: {at}: needs exactly one of cluster and split"
+                ));
                 vec![]
             }
         };
@@ -1056,14 +1499,18 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
 fn routes_files_follow_spec() {
     let files = routes_files();
     assert!(files.len() >= 9, "{files:?}");
-    let errs: Vec<String> = files.iter().flat_map(|f| lint_routes(f, &yaml(f))).collect();
+    let errs: Vec<String> = files
+        .iter()
+        .flat_map(|f| lint_routes(f, &yaml(f)))
+        .collect();
     assert!(errs.is_empty(), "{}", errs.join("\n"));
 }
 
 #[test]
 fn routes_lint_catches_mistakes() {
     // The lint above must not be a no-op: each of these is one mistake of spec §2.
-    let base = "clusters: { a: { endpoints: [http://h:1] }, b: { embedded: { label: b } } }\ndefault: a\n";
+    let base =
+        "clusters: { a: { endpoints: [http://h:1] }, b: { embedded: { label: b } } }\ndefault: a\n";
     assert!(lint_routes("ok", &serde_yaml::from_str(base).unwrap()).is_empty());
     for bad in [
         "clusters: { a: { endpoints: [http://h:1] } }\ndefault: b\n",
@@ -1083,11 +1530,19 @@ fn routes_lint_catches_mistakes() {
 #[test]
 fn ramp_examples_ramp() {
     let mut salts = BTreeSet::new();
-    for (file, canary) in [("examples/ramp-001.yaml", 1.0), ("examples/ramp-010.yaml", 10.0), ("examples/ramp-050.yaml", 50.0)] {
+    for (file, canary) in [
+        ("examples/ramp-001.yaml", 1.0),
+        ("examples/ramp-010.yaml", 10.0),
+        ("examples/ramp-050.yaml", 50.0),
+    ] {
         let doc = yaml(file);
         let rule = get(&doc, "rules.0");
         let w = |c: &str| get(rule, &format!("split.{c}")).as_f64().unwrap();
-        assert_eq!(w("canary") / (w("canary") + w("stable")) * 100.0, canary, "{file}");
+        assert_eq!(
+            w("canary") / (w("canary") + w("stable")) * 100.0,
+            canary,
+            "{file}"
+        );
         salts.insert(s(rule, "salt").to_string());
     }
     assert_eq!(salts.len(), 1, "the ramp must keep one salt: {salts:?}");
@@ -1095,7 +1550,9 @@ fn ramp_examples_ramp() {
     // Drain keeps the old cluster (its pins finish there), retire removes it.
     let drain = yaml("examples/drain-then-retire-1.yaml");
     assert_eq!(get(&drain, "clusters.stable.drain").as_bool(), Some(true));
-    assert!(yaml("examples/drain-then-retire-2.yaml")["clusters"].get("stable").is_none());
+    assert!(yaml("examples/drain-then-retire-2.yaml")["clusters"]
+        .get("stable")
+        .is_none());
 }
 
 // === docs/operations.md ===
@@ -1116,11 +1573,15 @@ fn operations_runbook_covers_the_rollout() {
         "100 bytes",
         "deploy/grafana/graygate.json",
     ] {
-        assert!(doc.contains(needed), "docs/operations.md does not mention {needed:?}");
+        assert!(
+            doc.contains(needed),
+            "docs/operations.md does not mention {needed:?}"
+        );
     }
     for heading in ["abort", "drain", "retire", "upgrading graygate", "sizing"] {
         assert!(
-            doc.lines().any(|l| l.starts_with('#') && l.to_lowercase().contains(heading)),
+            doc.lines()
+                .any(|l| l.starts_with('#') && l.to_lowercase().contains(heading)),
             "docs/operations.md has no section about {heading}"
         );
     }
