@@ -199,6 +199,14 @@ fn grafana_expressions() -> Vec<(String, String)> {
                         if let Some(e) = child.as_str() {
                             out.push((format!("grafana: {title}"), e.to_string()));
                         }
+                    } else if k == "definition" {
+                        // A variable's `label_values(SELECTOR, label)`: the selector is PromQL.
+                        let def = child.as_str().unwrap_or("");
+                        if let Some(args) = def.strip_prefix("label_values(") {
+                            let selector =
+                                &args[..args.rfind(',').expect("label_values(selector, label)")];
+                            out.push((format!("grafana variable: {def}"), selector.to_string()));
+                        }
                     } else {
                         walk(child, title, out);
                     }
