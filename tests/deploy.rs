@@ -720,23 +720,23 @@ fn kustomize(test: &str, dir: &str) -> Option<String> {
     Some(String::from_utf8(out.stdout).unwrap())
 }
 
-fn kubernetes_validate(test: &str, manifests: &str) -> Option<Output> {
+/// The oldest Kubernetes the manifests are for: the native `preStop: sleep` action is on by
+/// default from 1.30.
+const OLDEST_KUBERNETES: &str = "1.30.0";
+
+/// `kubernetes-validate --strict` against one Kubernetes version (None: the validator's newest).
+fn kubernetes_validate(test: &str, manifests: &str, version: Option<&str>) -> Option<Output> {
     if !have_tool(test, "python3", &["-m", "kubernetes_validate", "--version"]) {
         return None;
     }
     let tmp = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
     std::fs::write(tmp.path(), manifests).unwrap();
-    Some(run(
-        "python3",
-        &[
-            "-m",
-            "kubernetes_validate",
-            "--strict",
-            "--quiet",
-            tmp.path().to_str().unwrap(),
-        ],
-        &repo(),
-    ))
+    let mut args = vec!["-m", "kubernetes_validate", "--strict", "--quiet"];
+    if let Some(v) = version {
+        args.extend(["-k", v]);
+    }
+    args.push(tmp.path().to_str().unwrap());
+    Some(run("python3", &args, &repo()))
 }
 
 fn documents(manifests: &str) -> Vec<Yaml> {
@@ -760,17 +760,21 @@ fn kustomizations_render_and_validate() {
         let Some(manifests) = kustomize("kustomizations_render_and_validate", dir) else {
             return;
         };
-        let Some(out) = kubernetes_validate("kustomizations_render_and_validate", &manifests)
-        else {
-            return;
-        };
-        assert_ok(&format!("kubernetes-validate --strict on {dir}"), &out);
-        // The same output says nothing is unknown: every kind rendered has a schema.
-        assert!(
-            !text(&out).contains("Couldn't find schema"),
-            "{dir}: {}",
-            text(&out)
-        );
+        for version in [None, Some(OLDEST_KUBERNETES)] {
+            let Some(out) =
+                kubernetes_validate("kustomizations_render_and_validate", &manifests, version)
+            else {
+                return;
+            };
+            let what = format!("kubernetes-validate --strict {version:?} on {dir}");
+            assert_ok(&what, &out);
+            // The same output says nothing is unknown: every kind rendered has a schema.
+            assert!(
+                !text(&out).contains("Couldn't find schema"),
+                "{what}: {}",
+                text(&out)
+            );
+        }
     }
 }
 
@@ -785,8 +789,11 @@ fn kubernetes_validate_rejects_an_unknown_field() {
     };
     let broken = manifests.replacen("  replicas: 2\n", "  replicas: 2\n  replicaz: 2\n", 1);
     assert_ne!(broken, manifests);
-    let Some(out) = kubernetes_validate("kubernetes_validate_rejects_an_unknown_field", &broken)
-    else {
+    let Some(out) = kubernetes_validate(
+        "kubernetes_validate_rejects_an_unknown_field",
+        &broken,
+        None,
+    ) else {
         return;
     };
     assert!(
@@ -1025,6 +1032,7 @@ fn service_monitor_selects_the_metrics_port() {
     if let Some(out) = kubernetes_validate(
         "service_monitor_selects_the_metrics_port",
         &read("deploy/k8s/servicemonitor.yaml"),
+        None,
     ) {
         assert_ok("kubernetes-validate servicemonitor.yaml", &out);
     }
