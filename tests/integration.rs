@@ -15,3 +15,6 @@ mod pins;
 mod reload;
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
 mod routing;
+/// deploy/, examples/ and docs/operations.md checked with promtool, kustomize, kubernetes-validate,
+/// systemd-analyze and static checks (missing tools: SKIP, or a failure under CI).
+mod deploy;
