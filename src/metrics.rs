@@ -250,6 +250,22 @@ impl Metrics {
         for l in ["dialog", "admin"] {
             inner.connections.with_label_values(&[l]);
         }
+        for code in [
+            "GW.BAD_URL",
+            "GW.BAD_JSON",
+            "GW.MISSING_USERID",
+            "GW.BAD_USERID",
+            "GW.MISSING_INACTION",
+            "GW.BAD_INACTION",
+            "GW.METHOD",
+            "GW.ORPHAN_TURN",
+            "GW.BODY_TOO_LARGE",
+            "GW.UPSTREAM",
+            "GW.NO_UPSTREAM",
+            "GW.UPSTREAM_TIMEOUT",
+        ] {
+            inner.gateway_errors.with_label_values(&[code]);
+        }
         for r in ["max_connections", "tls", "header_timeout"] {
             inner.rejected_connections.with_label_values(&[r]);
         }

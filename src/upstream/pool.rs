@@ -142,6 +142,10 @@ impl ClusterPool {
             metrics.ejections.with_label_values(&[&name, &e.url]);
         }
         metrics.inflight.with_label_values(&[&name]);
+        for reason in ["hangup", "idle", "admin", "end_grace"] {
+            metrics.pins_released.with_label_values(&[&name, reason]);
+        }
+        metrics.pins_created.with_label_values(&[&name]);
         metrics.pins.with_label_values(&[&name]);
         if let Some(fb) = &spec.fallback {
             metrics.fallbacks.with_label_values(&[&*name, fb.as_str()]);
