@@ -254,12 +254,7 @@ impl Backend {
             }
             Err(e @ (TurnError::NoCall | TurnError::NotStarted)) => {
                 tracing::debug!(userid = %Masked(userid), inaction, "turn on no call");
-                error(
-                    inst,
-                    userid,
-                    ErrorCode::NoCall,
-                    &format!("no call instance: {e}"),
-                )
+                error(inst, userid, ErrorCode::NoCall, &e.to_string())
             }
             Err(e @ TurnError::UnknownInaction(_)) => {
                 error(inst, userid, ErrorCode::BadInaction, &e.to_string())
