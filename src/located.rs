@@ -21,20 +21,8 @@ pub struct Located {
 }
 
 impl Located {
-    pub fn new(
-        file: &str,
-        line: usize,
-        column: usize,
-        path: &str,
-        message: impl Into<String>,
-    ) -> Self {
-        Located {
-            file: file.to_string(),
-            line,
-            column,
-            path: path.to_string(),
-            message: message.into(),
-        }
+    pub fn new(file: &str, line: usize, column: usize, path: &str, message: impl Into<String>) -> Self {
+        Located { file: file.to_string(), line, column, path: path.to_string(), message: message.into() }
     }
 
     /// An error for a key path, placed by looking the path up in the file's text.
@@ -46,10 +34,7 @@ impl Located {
     /// Build from a serde_yaml error, keeping its position and dropping serde_yaml's own
     /// " at line L column C" suffix (we print the position in front).
     pub fn from_yaml(file: &str, err: &serde_yaml::Error) -> Self {
-        let (line, column) = err
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
+        let (line, column) = err.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
         let mut msg = err.to_string();
         if let Some(i) = msg.find(" at line ") {
             msg.truncate(i);
@@ -59,13 +44,7 @@ impl Located {
             Some((p, m)) if !p.contains(' ') && !p.is_empty() => (p.to_string(), m.to_string()),
             _ => (String::new(), msg),
         };
-        Located {
-            file: file.to_string(),
-            line,
-            column,
-            path,
-            message,
-        }
+        Located { file: file.to_string(), line, column, path, message }
     }
 }
 
@@ -91,8 +70,7 @@ impl LocatedErrors {
         self.0.is_empty()
     }
     pub fn sorted(mut self) -> Self {
-        self.0
-            .sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        self.0.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
         self
     }
 }
@@ -250,18 +228,11 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                 continue;
             }
             let ind = content.len() - content.trim_start().len();
-            if ind < indent
-                || (ind == indent
-                    && !matches!(seg, Seg::Key(_))
-                    && content.trim_start().starts_with("- "))
-            {
+            if ind < indent || (ind == indent && !matches!(seg, Seg::Key(_)) && content.trim_start().starts_with("- ")) {
                 end = j;
                 break;
             }
-            if ind == indent
-                && matches!(seg, Seg::Key(_))
-                && !content.trim_start().starts_with("- ")
-            {
+            if ind == indent && matches!(seg, Seg::Key(_)) && !content.trim_start().starts_with("- ") {
                 end = j;
                 break;
             }
@@ -325,15 +296,7 @@ default: stable
 
     #[test]
     fn displays_file_line_column() {
-        let e = Located::at_path(
-            "routes.yaml",
-            DOC,
-            "rules[0].cluster",
-            "unknown cluster `x`",
-        );
-        assert_eq!(
-            e.to_string(),
-            "routes.yaml:10:5: rules[0].cluster: unknown cluster `x`"
-        );
+        let e = Located::at_path("routes.yaml", DOC, "rules[0].cluster", "unknown cluster `x`");
+        assert_eq!(e.to_string(), "routes.yaml:10:5: rules[0].cluster: unknown cluster `x`");
     }
 }

@@ -144,22 +144,10 @@ mod tests {
 
     #[test]
     fn classifies_paths() {
-        assert_eq!(
-            DialogPath::classify("/oifde/rest/v2/crs/process/101"),
-            DialogPath::V2("101")
-        );
-        assert_eq!(
-            DialogPath::classify("/oifde/rest/crs/process"),
-            DialogPath::V1
-        );
-        assert_eq!(
-            DialogPath::classify("/oifde/rest/api/gettoken"),
-            DialogPath::Other
-        );
-        assert_eq!(
-            DialogPath::classify("/oifde/rest/crs/process/"),
-            DialogPath::Other
-        );
+        assert_eq!(DialogPath::classify("/oifde/rest/v2/crs/process/101"), DialogPath::V2("101"));
+        assert_eq!(DialogPath::classify("/oifde/rest/crs/process"), DialogPath::V1);
+        assert_eq!(DialogPath::classify("/oifde/rest/api/gettoken"), DialogPath::Other);
+        assert_eq!(DialogPath::classify("/oifde/rest/crs/process/"), DialogPath::Other);
     }
 
     #[test]

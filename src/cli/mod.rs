@@ -13,11 +13,7 @@ mod backend;
 mod call;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "graygate",
-    version,
-    about = "Gray-routing gateway for ODFS dialog interfaces"
-)]
+#[command(name = "graygate", version, about = "Gray-routing gateway for ODFS dialog interfaces")]
 pub struct Cli {
     #[command(flatten)]
     pub common: Common,
