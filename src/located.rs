@@ -70,7 +70,7 @@ impl LocatedErrors {
         self.0.is_empty()
     }
     pub fn sorted(mut self) -> Self {
-        self.0.sort_by(|a, b| (a.line, a.column).cmp(&(b.line, b.column)));
+        self.0.sort_by_key(|e| (e.line, e.column));
         self
     }
 }

@@ -207,7 +207,7 @@ fn after_interaction(flow: &Flow, call: &mut Call, at: NodeId, input: &str) -> N
             _ => Next::Go(*next),
         },
         NodeKind::Transfer { failure, .. } => Next::Go(*failure),
-        NodeKind::Hangup { release_reason } => Next::End(*release_reason),
+        NodeKind::Hangup { release_reason } => Next::End(release_reason),
         NodeKind::Collect {
             dtmf,
             intents,
@@ -344,7 +344,7 @@ fn enter(flow: &Flow, call: &mut Call, userid: &str, id: NodeId, wall: &str) -> 
             a.with("moduleName", node.name.as_str())
                 .with("inter_idx", idx)
         }
-        NodeKind::Hangup { release_reason } => end(call, userid, *release_reason, wall),
+        NodeKind::Hangup { release_reason } => end(call, userid, release_reason, wall),
     }
 }
 
