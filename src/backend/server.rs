@@ -295,3 +295,105 @@ where
         Err(_) => Err(|i| error(i, "", ErrorCode::BadJson, "the body could not be read")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendOptions;
+
+    fn request(path: &str, body: Vec<u8>) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = path.parse().unwrap_or_default();
+        req
+    }
+
+    async fn answer(b: &Backend, path: &str, body: &[u8]) -> (u16, Value) {
+        let resp = b.handle(request(path, body.to_vec())).await;
+        assert!(resp
+            .headers()
+            .get(crate::protocol::INSTANCE_HEADER)
+            .is_some());
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn odd_bodies_get_json_errors_never_panics() {
+        let b = Backend::new(BackendOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let v1 = crate::protocol::V1_PATH;
+        let deep = "[".repeat(10_000);
+        let cases: Vec<(&[u8], u16)> =
+            vec![
+            (b"", 400),
+            (b"null", 400),
+            (b"\xff\xfe", 400),
+            (deep.as_bytes(), 400),
+            (br#"{"userid":"u","inaction":9223372036854775808}"#, 400),
+            (br#"{"userid":"u","inaction":8.5}"#, 400),
+            (br#"{"userid":"u","inaction":-9}"#, 400),
+            (br#"{"userid":7,"inaction":8}"#, 400),
+            (br#"{"userid":"","inaction":8}"#, 400),
+            (br#"{"userid":"u","inaction":8,"extparams":"x"}"#, 400),
+            (br#"{"userid":"u","inaction":8,"inparams":{"call_dst_id":{"a":[1]},"input":5}}"#, 200),
+            (br#"{"userid":"u","inaction":9,"inparams":{"input":["hangup"]}}"#, 200),
+            (br#"{"userid":"u","inaction":13,"inparams":null}"#, 200),
+            (br#"{"userid":"u","inaction":11,"inparams":{"trans_result":0}}"#, 200),
+        ];
+        for (body, status) in cases {
+            let (got, v) = answer(&b, v1, body).await;
+            assert_eq!(got, status, "{} -> {v}", String::from_utf8_lossy(body));
+            assert!(v.is_object());
+        }
+        // A 64-character userid (counted in characters, not bytes) is fine.
+        let long = "é".repeat(64);
+        let (got, _) = answer(
+            &b,
+            v1,
+            format!(r#"{{"userid":"{long}","inaction":8}}"#).as_bytes(),
+        )
+        .await;
+        assert_eq!(got, 200);
+    }
+
+    #[tokio::test]
+    async fn random_bytes_never_panic() {
+        let b = Backend::new(BackendOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let pieces: [&[u8]; 12] = [
+            b"{",
+            b"}",
+            b"\"userid\":",
+            b"\"inaction\":",
+            b"\"inparams\":",
+            b"\"u1\"",
+            b"9",
+            b"8",
+            b",",
+            b"\"input\":",
+            b"\"hangup\"",
+            b"[",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let mut body = Vec::new();
+            for _ in 0..(seed % 24) {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                body.extend_from_slice(pieces[(seed >> 33) as usize % pieces.len()]);
+            }
+            let (status, v) = answer(&b, crate::protocol::V1_PATH, &body).await;
+            assert!(matches!(status, 200 | 400 | 500), "{status}");
+            assert!(v.is_object());
+        }
+    }
+}

@@ -34,3 +34,45 @@ async fn many_concurrent_calls_complete() {
     }
     assert_eq!(odfs.backend.active_calls(), 0);
 }
+
+#[tokio::test]
+async fn h2c_works_too() {
+    let odfs = Odfs::start(demo("h2")).await;
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let body = json!({ "userid": "h2-call", "inaction": 8, "inparams": {} });
+    let req = http::Request::post(odfs.url(0, "/oifde/rest/crs/process"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-odfs-instance"], "h2");
+}
+
+#[tokio::test]
+async fn serve_returns_after_shutdown_with_a_kept_alive_connection() {
+    let backend = Backend::new(demo("stop")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/oifde/rest/crs/process",
+        listener.local_addr().unwrap()
+    );
+    let (tx, rx) = oneshot::channel::<()>();
+    let served = tokio::spawn(backend.serve(listener, async move {
+        let _ = rx.await;
+    }));
+    // One pooled client keeps its connection open after this turn.
+    let c = client();
+    let req = http::Request::post(&url)
+        .body(Full::new(Bytes::from(r#"{"userid":"s1","inaction":8}"#)))
+        .unwrap();
+    assert_eq!(c.request(req).await.unwrap().status(), 200);
+    tx.send(()).unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), served).await;
+    assert!(
+        matches!(done, Ok(Ok(Ok(())))),
+        "serve ended cleanly: {done:?}"
+    );
+}

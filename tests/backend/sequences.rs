@@ -290,3 +290,19 @@ async fn bad_requests_are_refused_with_json() {
     .ok();
     assert_eq!(r.outaction(), 9);
 }
+
+#[tokio::test]
+async fn inaction_8_restarts_a_call() {
+    let odfs = Odfs::start(demo("odfs")).await;
+    let c = Caller::new(&odfs, 0, "seq-restart");
+    c.start().await;
+    c.input("playover").await.ok();
+    let r = c.input("1").await.ok();
+    assert_eq!(r.param("inter_idx"), "3");
+    let r = c.start().await;
+    assert_eq!(
+        (r.param("inter_idx"), r.param("prompt_text")),
+        ("1", "Welcome to the graygate demo line.")
+    );
+    assert_eq!(odfs.backend.active_calls(), 1);
+}
