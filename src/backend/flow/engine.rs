@@ -33,8 +33,9 @@ pub struct Turn<'a> {
 }
 
 impl Turn<'_> {
-    fn param(&self, key: &str) -> Option<&str> {
-        self.inparams.get(key).and_then(Value::as_str)
+    /// A scalar inparam as text: `"1"` and `1` read the same (clients differ).
+    fn param(&self, key: &str) -> Option<String> {
+        self.inparams.get(key).and_then(scalar)
     }
 }
 
@@ -64,7 +65,7 @@ pub fn step(
                 Some(call) => call.last_seen = t.now,
                 None => {
                     let mut call = Call::new(
-                        flows.pick(t.param("call_dst_id")),
+                        flows.pick(t.param("call_dst_id").as_deref()),
                         t.wall.to_string(),
                         t.now,
                     );
@@ -75,7 +76,7 @@ pub fn step(
             Ok(Answer::new(7))
         }
         8 => {
-            let flow_ix = flows.pick(t.param("call_dst_id"));
+            let flow_ix = flows.pick(t.param("call_dst_id").as_deref());
             let mut call = Call::new(flow_ix, t.wall.to_string(), t.now);
             if let Some(old) = slot.take() {
                 // Variables of a preceding inaction 7 stay.
@@ -92,7 +93,8 @@ pub fn step(
             Ok(answer)
         }
         9 | 11 => {
-            let input = t.param("input").unwrap_or("");
+            let input = t.param("input").unwrap_or_default();
+            let input = input.as_str();
             if input == INPUT_HANGUP {
                 let call = slot.take().ok_or(TurnError::NoCall)?;
                 let reason = if call.state == CallState::Ended {
@@ -138,7 +140,7 @@ pub fn step(
             } else {
                 call.sys_errs = 0;
                 if t.inaction == 11 {
-                    after_transfer(flow, at, t.param("trans_result"))
+                    after_transfer(flow, at, t.param("trans_result").as_deref())
                 } else {
                     after_interaction(flow, call, at, input)
                 }

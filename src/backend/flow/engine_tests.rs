@@ -319,3 +319,15 @@ fn flows_are_picked_by_access_code() {
         "unknown code: the default flow"
     );
 }
+
+#[test]
+fn numbers_read_like_strings() {
+    let mut h = Harness::demo();
+    h.ok(8, json!({ "call_dst_id": 10086 }));
+    h.input("playover");
+    let a = h.ok(9, json!({ "input": 1 }));
+    assert!(a
+        .param("prompt_text")
+        .unwrap_or("")
+        .starts_with("The balance"));
+}
