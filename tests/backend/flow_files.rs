@@ -49,3 +49,12 @@ async fn flows_are_chosen_by_access_code() {
         ("0", "/prompts/closed.wav")
     );
 }
+
+#[test]
+fn the_docs_show_the_demo_flow_as_built() {
+    let docs = std::fs::read_to_string("docs/flows.md").unwrap();
+    assert!(
+        docs.contains(graygate::backend::flow::DEMO_YAML),
+        "docs/flows.md is out of date with demo.yaml"
+    );
+}

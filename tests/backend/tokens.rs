@@ -106,3 +106,24 @@ async fn missing_expired_or_forged_tokens_get_401() {
     c.token = Some(make(b"s3cret-one", now + 60));
     c.start().await;
 }
+
+#[test]
+fn bad_tenants_files_are_rejected_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tenants.yaml");
+    std::fs::write(&p, "tenants:\n  tenant001:\n    secret: \"\"\n  tenant002:\n    secret: x\n    expire_time: 0\n").unwrap();
+    let err = Backend::new(BackendOptions {
+        tenants: Some(p.clone()),
+        ..BackendOptions::default()
+    })
+    .unwrap_err();
+    let f = p.display();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{f}:3:5: tenants.tenant001.secret: the secret is empty\n\
+             {f}:6:5: tenants.tenant002.expire_time: expire_time is at least 1 second"
+        )
+    );
+    assert!(matches!(err, graygate::backend::BackendError::Tenants(_)));
+}
