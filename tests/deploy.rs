@@ -1616,7 +1616,11 @@ fn install_script_is_valid_bash() {
 /// Every routes.yaml an operator is handed: the repo's default, every example and both
 /// ConfigMaps.
 fn shipped_routes_files() -> Vec<PathBuf> {
-    let mut v = vec![repo().join("routes.yaml"), repo().join("deploy/k8s/base/routes.yaml"), repo().join("deploy/k8s/overlays/redis/routes.yaml")];
+    let mut v = vec![
+        repo().join("routes.yaml"),
+        repo().join("deploy/k8s/base/routes.yaml"),
+        repo().join("deploy/k8s/overlays/redis/routes.yaml"),
+    ];
     for e in std::fs::read_dir(repo().join("examples")).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "yaml") {
@@ -1629,11 +1633,25 @@ fn shipped_routes_files() -> Vec<PathBuf> {
 #[test]
 fn shipped_routes_files_pass_graygate_check() {
     for p in shipped_routes_files() {
-        let out = Command::new(env!("CARGO_BIN_EXE_graygate")).args(["check", "-c"]).arg(&p).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_graygate"))
+            .args(["check", "-c"])
+            .arg(&p)
+            .output()
+            .unwrap();
         // admin_token_file in the ConfigMaps points at a Secret mount that exists only in a pod.
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let only_secret_missing = text.lines().all(|l| l.contains("admin_token_file") || l.trim().is_empty());
-        assert!(out.status.success() || only_secret_missing, "{}: {text}", p.display());
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let only_secret_missing = text
+            .lines()
+            .all(|l| l.contains("admin_token_file") || l.trim().is_empty());
+        assert!(
+            out.status.success() || only_secret_missing,
+            "{}: {text}",
+            p.display()
+        );
     }
 }
 
@@ -1657,24 +1675,46 @@ if not list(jsonschema.Draft7Validator(schema).iter_errors(wrong)):
     print("schema accepted an unknown key"); bad += 1
 sys.exit(1 if bad else 0)
 "#;
-    let mut args: Vec<String> = vec!["-c".into(), script.into(), repo().join("docs/routes.schema.json").display().to_string()];
-    args.extend(shipped_routes_files().iter().map(|p| p.display().to_string()));
+    let mut args: Vec<String> = vec![
+        "-c".into(),
+        script.into(),
+        repo().join("docs/routes.schema.json").display().to_string(),
+    ];
+    args.extend(
+        shipped_routes_files()
+            .iter()
+            .map(|p| p.display().to_string()),
+    );
     let out = Command::new("python3").args(&args).output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_name_used_appears_in_a_live_gateway() {
     use crate::support::*;
-    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let (stable, canary) = (
+        Upstream::start("stable").await,
+        Upstream::start("canary").await,
+    );
     let gw = Gateway::start(&two_clusters(&stable, &canary, "    fallback: stable\nrules:\n  - { name: t, vdn: [101], cluster: canary }\ndefault: stable\n")).await;
     let c = Client::new();
     for k in 0..5 {
         c.turn(&gw, Some(101), &format!("live-{k}"), 8, None).await;
-        c.turn(&gw, Some(101), &format!("live-{k}"), 9, Some("hangup")).await;
+        c.turn(&gw, Some(101), &format!("live-{k}"), 9, Some("hangup"))
+            .await;
     }
     let text = c.get_text(&gw.admin_url("/metrics")).await;
     for name in used_metric_names() {
-        assert!(text.contains(&format!("\n{name}")) || text.contains(&format!("\n{name}_bucket")) || text.contains(&format!("\n{name}{{")), "{name} is used by a dashboard or rule but not exported");
+        assert!(
+            text.contains(&format!("\n{name}"))
+                || text.contains(&format!("\n{name}_bucket"))
+                || text.contains(&format!("\n{name}{{")),
+            "{name} is used by a dashboard or rule but not exported"
+        );
     }
 }

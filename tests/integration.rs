@@ -5,8 +5,13 @@ mod support;
 
 /// The admin surface and the metrics contract.
 mod admin;
+/// The reference ODFS backend: turn sequences, tokens, flow files, shared call stores.
+mod backend;
 /// The command line as the real binary: check, explain, diff, schema.
 mod cli;
+/// deploy/, examples/ and docs/operations.md checked with promtool, kustomize, kubernetes-validate,
+/// systemd-analyze and static checks (missing tools: SKIP, or a failure under CI).
+mod deploy;
 /// Every row of the §3 error table; byte-exact forwarding; other paths.
 mod errors;
 /// Pin creation, following, and every release path.
@@ -15,6 +20,3 @@ mod pins;
 mod reload;
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
 mod routing;
-/// deploy/, examples/ and docs/operations.md checked with promtool, kustomize, kubernetes-validate,
-/// systemd-analyze and static checks (missing tools: SKIP, or a failure under CI).
-mod deploy;
