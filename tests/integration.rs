@@ -20,3 +20,5 @@ mod pins;
 mod reload;
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
 mod routing;
+/// The gateway in front of embedded reference ODFS clusters (the self-contained deployment).
+mod embedded;
