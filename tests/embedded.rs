@@ -21,7 +21,11 @@ async fn a_thousand_concurrent_calls_stay_with_their_cluster() {
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(1000));
     let mut tasks = Vec::new();
     for k in 0..1000 {
-        let (c, url, sem) = (c.clone(), gw.url(&dialog_path(Some(if k % 2 == 0 { 101 } else { 7 }))), sem.clone());
+        let (c, url, sem) = (
+            c.clone(),
+            gw.url(&dialog_path(Some(if k % 2 == 0 { 101 } else { 7 }))),
+            sem.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await.unwrap();
             let userid = format!("emb-{k}");
@@ -39,7 +43,10 @@ async fn a_thousand_concurrent_calls_stay_with_their_cluster() {
                     Some(f) => assert_eq!(f, &inst, "{userid} changed cluster"),
                 }
             }
-            assert_eq!(last_out, 10, "{userid}: the hangup report is answered with outaction 10");
+            assert_eq!(
+                last_out, 10,
+                "{userid}: the hangup report is answered with outaction 10"
+            );
             (k, first.unwrap())
         }));
     }
@@ -55,7 +62,13 @@ async fn a_thousand_concurrent_calls_stay_with_their_cluster() {
             }
         }
     }
-    assert_eq!(canary_on_101, 500, "every vdn-101 call is answered by the canary");
-    assert!(canary_other > 20 && canary_other < 90, "about 10% of the other calls: {canary_other}/500");
+    assert_eq!(
+        canary_on_101, 500,
+        "every vdn-101 call is answered by the canary"
+    );
+    assert!(
+        canary_other > 20 && canary_other < 90,
+        "about 10% of the other calls: {canary_other}/500"
+    );
     assert_eq!(gw.pins.view()["local_pins"], 0);
 }

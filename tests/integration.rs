@@ -12,6 +12,8 @@ mod cli;
 /// deploy/, examples/ and docs/operations.md checked with promtool, kustomize, kubernetes-validate,
 /// systemd-analyze and static checks (missing tools: SKIP, or a failure under CI).
 mod deploy;
+/// The gateway in front of embedded reference ODFS clusters (the self-contained deployment).
+mod embedded;
 /// Every row of the §3 error table; byte-exact forwarding; other paths.
 mod errors;
 /// Pin creation, following, and every release path.
@@ -20,5 +22,3 @@ mod pins;
 mod reload;
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
 mod routing;
-/// The gateway in front of embedded reference ODFS clusters (the self-contained deployment).
-mod embedded;

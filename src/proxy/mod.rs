@@ -256,7 +256,7 @@ impl Proxy {
                     .get(cluster)
                     .cloned()
                     .ok_or_else(|| GatewayError::NoUpstream("cluster has no pool".into()))?;
-                rec.rule = Some(Arc::from(snap.routing.rule_name(d.rule)));
+                rec.rule = Some(snap.routing.rule_arc(d.rule));
                 rec.cluster = Some(pool.name.clone());
                 let rule_id = snap.rule_id(d.rule);
                 (pool, kind, rule_id, true)

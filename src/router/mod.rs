@@ -38,6 +38,7 @@ pub struct Routing {
     index: VdnIndex,
     /// Rules without a vdn condition, in order.
     unindexed: Vec<u32>,
+    default_name: Arc<str>,
 }
 
 /// Which rule chose the cluster.
@@ -77,6 +78,19 @@ impl Routing {
             fallback,
             index,
             unindexed,
+            default_name: Arc::from("default"),
+        }
+    }
+
+    /// The rule's name as a shared string (no allocation per turn).
+    pub fn rule_arc(&self, r: RuleRef) -> Arc<str> {
+        match r {
+            RuleRef::Rule(i) => self
+                .rules
+                .get(i)
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| self.default_name.clone()),
+            RuleRef::Default => self.default_name.clone(),
         }
     }
 
