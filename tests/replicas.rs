@@ -39,18 +39,23 @@ fn redis_or_skip(test: &str) -> bool {
 
 impl RedisServer {
     async fn start() -> RedisServer {
+        let mut r = RedisServer::reserve();
+        r.spawn().await;
+        r
+    }
+
+    /// A free port and no server on it yet.
+    fn reserve() -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut r = RedisServer {
+        RedisServer {
             port,
             dir: tempfile::tempdir().unwrap(),
             child: None,
-        };
-        r.spawn().await;
-        r
+        }
     }
 
     async fn spawn(&mut self) {
@@ -354,7 +359,9 @@ async fn redis_outage_fails_no_turn_and_heals() {
         }
         outage.push((u, first, i % 2));
     }
-    let turns = traffic.await.expect("steady traffic: a turn failed or moved");
+    let turns = traffic
+        .await
+        .expect("steady traffic: a turn failed or moved");
     assert_eq!(turns, 12 * 16);
 
     let va = store_view(&c, &a).await;
@@ -466,7 +473,12 @@ async fn restarted_replica_keeps_every_call_on_its_cluster() {
         .await;
     assert_eq!(explain.json()["pin"]["cluster"], cluster.as_str());
     let del = c
-        .request("DELETE", &a2.admin_url(&format!("/admin/pins/{u}")), &[], "")
+        .request(
+            "DELETE",
+            &a2.admin_url(&format!("/admin/pins/{u}")),
+            &[],
+            "",
+        )
         .await;
     assert_eq!(del.status, 204);
     let gone = c
@@ -474,4 +486,38 @@ async fn restarted_replica_keeps_every_call_on_its_cluster() {
         .await;
     assert_eq!(gone.status, 404);
     assert_eq!(redis.cluster_of(u).await, None);
+}
+
+/// A gateway whose Redis is not there yet starts, serves every turn from its local table, and
+/// writes its pins to Redis once Redis comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_starts_and_serves_before_redis_is_up() {
+    if !redis_or_skip("gateway_starts_and_serves_before_redis_is_up") {
+        return;
+    }
+    let mut redis = RedisServer::reserve();
+    let (stable, canary) = (
+        Upstream::start("stable").await,
+        Upstream::start("canary").await,
+    );
+    let a = Gateway::start(&config(&stable, &canary, &redis, "default: canary\n")).await;
+    let c = Client::new();
+    for i in 0..5 {
+        let u = format!("early-{i}");
+        assert_eq!(turn(&c, &a, &u, 8).await, ("canary".into(), "new".into()));
+        assert_eq!(turn(&c, &a, &u, 9).await, ("canary".into(), "kept".into()));
+    }
+    assert_eq!(store_view(&c, &a).await["state"], "degraded");
+    assert_eq!(
+        c.request("GET", &a.admin_url("/readyz"), &[], "")
+            .await
+            .status,
+        200
+    );
+    redis.spawn().await;
+    assert!(eventually(Duration::from_secs(15), || store_ok(&c, &a)).await);
+    for i in 0..5 {
+        let u = format!("early-{i}");
+        assert_eq!(redis.cluster_of(&u).await.as_deref(), Some("canary"));
+    }
 }

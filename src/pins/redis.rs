@@ -29,8 +29,10 @@
 //! their op), store calls that change a pin are queued in a bounded map ([`MAX_PENDING`]), and
 //! the keeper task ([`RedisStore::spawn_keeper`]) probes Redis with backoff. When Redis answers
 //! again the keeper writes the queue, then re-seeds Redis with every live local pin (`SET NX`,
-//! so nothing newer is overwritten; this also refills a Redis that restarted empty and covers
-//! anything the bounded queue had to drop), and only then turns the store back to `ok`.
+//! so nothing newer is overwritten; this refills a Redis that restarted empty and covers
+//! anything the bounded queue had to drop), and only then turns the store back to `ok`. The
+//! re-seed is skipped when Redis's `run_id` is the one seen before the outage (the same process
+//! kept its data: a network blip or a slow moment, not a restart).
 //!
 //! # Metrics
 //!
@@ -208,6 +210,21 @@ impl Pending {
     }
 }
 
+/// A keeper batch that failed; `connection` when it is worth retrying once Redis answers.
+struct PipeError {
+    connection: bool,
+    message: String,
+}
+
+/// The connection failed (as opposed to Redis answering with an error).
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+}
+
 /// The four `op` labels of spec §6, with their handles resolved once.
 struct Op {
     label: &'static str,
@@ -259,6 +276,9 @@ struct Inner {
     dropped: AtomicU64,
     /// Clusters the `graygate_pins` gauge was set for, so they can go back to 0.
     gauge_clusters: Mutex<HashSet<NameId>>,
+    /// The Redis server's `run_id` when last seen answering: the same one after an outage
+    /// means Redis kept its data and the re-seed can be skipped.
+    run_id: Mutex<Option<String>>,
 }
 
 impl RedisStore {
@@ -299,6 +319,7 @@ impl RedisStore {
                 pending: Mutex::new(HashMap::default()),
                 dropped: AtomicU64::new(0),
                 gauge_clusters: Mutex::new(HashSet::new()),
+                run_id: Mutex::new(None),
             }),
         })
     }
@@ -383,12 +404,7 @@ impl RedisStore {
     }
 
     fn failed(&self, op: &str, e: &RedisError) {
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_unrecoverable_error()
-        {
+        if is_connection_error(e) {
             self.degrade(format!("{op}: {e}"));
         } else {
             // An answer, but an error one (e.g. a wrong type at the key): this turn uses the
@@ -501,6 +517,7 @@ impl RedisStore {
             let mut next_sweep = Instant::now();
             let mut next_probe = Instant::now();
             let mut backoff = TICK;
+            let mut asked_run_id = false;
             loop {
                 tick.tick().await;
                 let now = Instant::now();
@@ -511,6 +528,11 @@ impl RedisStore {
                 }
                 if store.is_healthy() {
                     backoff = TICK;
+                    if !asked_run_id {
+                        asked_run_id = true;
+                        let id = store.fetch_run_id().await;
+                        *store.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = id;
+                    }
                     if store.pending_len() > 0 {
                         // Queued in the moment the store came back; write them now.
                         if let Err(e) = store.flush_pending().await {
@@ -565,7 +587,30 @@ impl RedisStore {
         (self.inner.timeout * 20).max(Duration::from_secs(2))
     }
 
-    /// Probe, write the queue, re-seed every live local pin; the number re-seeded.
+    fn known_run_id(&self) -> Option<String> {
+        self.inner
+            .run_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The server's `run_id` from `INFO server` (`None` when INFO is not allowed or late).
+    async fn fetch_run_id(&self) -> Option<String> {
+        let mut conn = self.inner.conn.clone();
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
+        let info = tokio::time::timeout(self.batch_timeout(), cmd.query_async::<String>(&mut conn))
+            .await
+            .ok()?
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_string())
+    }
+
+    /// Probe, write the queue, and re-seed every live local pin unless Redis is the same
+    /// process as before the outage (it kept its data); the number re-seeded.
     async fn restore(&self) -> Result<usize, String> {
         let mut conn = self.inner.conn.clone();
         let ping = redis::cmd("PING");
@@ -576,8 +621,15 @@ impl RedisStore {
             Ok(Err(e)) => return Err(format!("probe: {e}")),
             Err(_) => return Err("probe: no answer".into()),
         }
+        let before = self.known_run_id();
+        let now = self.fetch_run_id().await;
         self.flush_pending().await?;
-        self.reseed().await
+        let n = match (&before, &now) {
+            (Some(b), Some(n)) if b == n => 0,
+            _ => self.reseed().await?,
+        };
+        *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        Ok(n)
     }
 
     /// Write queued changes in pipelines; on failure the batch goes back to the queue.
@@ -622,6 +674,12 @@ impl RedisStore {
                 }
             }
             if let Err(e) = self.run_pipe(&pipe).await {
+                if !e.connection {
+                    // Redis answered, with an error: retrying would fail the same way.
+                    tracing::warn!(error = %e.message, dropped = batch.len(), "redis pin store: write-back refused");
+                    self.note_error(e.message);
+                    continue;
+                }
                 for (userid, op) in batch {
                     let mut p = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
                     // A change queued meanwhile is newer than the one that failed.
@@ -629,7 +687,7 @@ impl RedisStore {
                         p.insert(userid, op);
                     }
                 }
-                return Err(e);
+                return Err(e.message);
             }
         }
     }
@@ -652,19 +710,32 @@ impl RedisStore {
                         .arg((left.as_millis() as u64).max(1))
                         .ignore();
                 }
-                self.run_pipe(&pipe).await?;
+                if let Err(e) = self.run_pipe(&pipe).await {
+                    if e.connection {
+                        return Err(e.message);
+                    }
+                    tracing::warn!(error = %e.message, "redis pin store: re-seed batch refused");
+                    self.note_error(e.message);
+                    continue;
+                }
                 n += chunk.len();
             }
         }
         Ok(n)
     }
 
-    async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<(), String> {
+    async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<(), PipeError> {
         let mut conn = self.inner.conn.clone();
         match tokio::time::timeout(self.batch_timeout(), pipe.exec_async(&mut conn)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write-back: {e}")),
-            Err(_) => Err("write-back: no answer".into()),
+            Ok(Err(e)) => Err(PipeError {
+                connection: is_connection_error(&e),
+                message: format!("write-back: {e}"),
+            }),
+            Err(_) => Err(PipeError {
+                connection: true,
+                message: "write-back: no answer".into(),
+            }),
         }
     }
 }
