@@ -19,6 +19,7 @@ use crate::listener::{self, tls::TlsAcceptor, ListenOptions};
 use crate::located::LocatedErrors;
 use crate::metrics::Metrics;
 use crate::pins::memory::MemoryStore;
+use crate::pins::redis::RedisStore;
 use crate::pins::Store;
 use crate::proxy::{Peer, Proxy};
 use crate::snapshot::{Live, StoreSpec};
@@ -108,11 +109,14 @@ impl App {
                 }
                 Store::Memory(m)
             }
-            StoreSpec::Redis { url, .. } => {
-                return Err(StartError::Other(format!(
-                    "pins.store `{url}`: the Redis store is not available in this build"
-                )));
-            }
+            StoreSpec::Redis {
+                url,
+                key_prefix,
+                timeout,
+            } => Store::Redis(
+                RedisStore::new(url, key_prefix, *timeout, metrics.clone())
+                    .map_err(StartError::Other)?,
+            ),
         };
         metrics.reload(true, Some(1));
         let live: Live = Arc::new(ArcSwap::from_pointee(snap));
@@ -164,6 +168,7 @@ impl App {
         }
         match &pins {
             Store::Memory(m) => tasks.push(m.spawn_sweeper(opts.sweep_every)),
+            Store::Redis(r) => tasks.push(r.spawn_keeper(opts.sweep_every)),
         }
         {
             let (live, upstreams) = (live.clone(), upstreams.clone());

@@ -22,3 +22,6 @@ mod pins;
 mod reload;
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
 mod routing;
+
+/// Several replicas on one Redis: shared pins, rollouts, first writer wins, outages, restarts.
+mod replicas;

@@ -176,6 +176,25 @@ impl MemoryStore {
         pin
     }
 
+    /// How many shards [`live_in_shard`](Self::live_in_shard) walks.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// The live pins of one shard with their remaining lifetimes, copied out so that the lock
+    /// is not held while the caller works (the Redis store re-seeds Redis from this).
+    pub fn live_in_shard(&self, i: usize) -> Vec<(CompactString, Pin, Duration)> {
+        let now = self.now_ms();
+        let Some(shard) = self.inner.shards.get(i) else {
+            return Vec::new();
+        };
+        let map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(_, e)| e.deadline > now)
+            .map(|(k, e)| (k.clone(), e.pin, Duration::from_millis(e.deadline - now)))
+            .collect()
+    }
+
     /// Write every live pin to `path` (JSON lines, wall-clock deadlines), atomically by rename.
     pub fn save(&self, path: &Path) -> std::io::Result<usize> {
         let now = self.now_ms();

@@ -2,12 +2,13 @@
 //!
 //! The pin table is the only shared mutable state a turn touches. It sits behind the small
 //! [`PinStore`] trait so that the in-memory store ([`memory::MemoryStore`]) and a shared store
-//! for several replicas can take the same place. What to do with a pin after an answer is a pure
+//! for several replicas ([`redis::RedisStore`], spec §9) can take the same place. What to do with a pin after an answer is a pure
 //! function in [`lifecycle`]; expiry runs in the store's sweeper.
 
 pub mod lifecycle;
 pub mod memory;
 pub mod names;
+pub mod redis;
 
 use std::future::Future;
 use std::time::Duration;
@@ -92,12 +93,15 @@ pub trait PinStore: Send + Sync + 'static {
 #[derive(Clone)]
 pub enum Store {
     Memory(memory::MemoryStore),
+    /// Pins in Redis, shared by every replica, with a local table beside it.
+    Redis(self::redis::RedisStore),
 }
 
 impl Store {
     pub fn kind(&self) -> &'static str {
         match self {
             Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
         }
     }
 
@@ -107,6 +111,7 @@ impl Store {
             Store::Memory(m) => {
                 serde_json::json!({"kind": "memory", "state": "ok", "local_pins": m.len()})
             }
+            Store::Redis(r) => r.view(),
         }
     }
 }
@@ -115,26 +120,31 @@ impl PinStore for Store {
     async fn get(&self, userid: &str, idle_ttl: Duration) -> Option<Pin> {
         match self {
             Store::Memory(m) => m.get(userid, idle_ttl).await,
+            Store::Redis(r) => r.get(userid, idle_ttl).await,
         }
     }
     async fn create(&self, userid: &str, pin: Pin, ttl: Duration) -> Pin {
         match self {
             Store::Memory(m) => m.create(userid, pin, ttl).await,
+            Store::Redis(r) => r.create(userid, pin, ttl).await,
         }
     }
     async fn end(&self, userid: &str, end_grace: Duration) {
         match self {
             Store::Memory(m) => m.end(userid, end_grace).await,
+            Store::Redis(r) => r.end(userid, end_grace).await,
         }
     }
     async fn release(&self, userid: &str, reason: ReleaseReason) -> bool {
         match self {
             Store::Memory(m) => m.release(userid, reason).await,
+            Store::Redis(r) => r.release(userid, reason).await,
         }
     }
     async fn peek(&self, userid: &str) -> Option<Pin> {
         match self {
             Store::Memory(m) => m.peek(userid).await,
+            Store::Redis(r) => r.peek(userid).await,
         }
     }
 }
