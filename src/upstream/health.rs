@@ -93,8 +93,10 @@ pub fn apply(pool: &ClusterPool, e: &Endpoint, spec: &HealthSpec, outcome: Resul
             let n = e.check_passes.fetch_add(1, Ordering::Relaxed) + 1;
             if !e.checked_healthy() && n >= spec.healthy_after && e.set_checked_healthy(true) {
                 e.set_check_reason(None);
+                // Seen down, then up: a passive ejection from the outage ends too.
+                let unejected = pool.end_ejection(e);
                 pool.refresh_gauge(e);
-                tracing::info!(cluster = %pool.name, endpoint = %e.url, passes = n, healthy = pool.is_healthy(e), "health check: endpoint up");
+                tracing::info!(cluster = %pool.name, endpoint = %e.url, passes = n, unejected, healthy = pool.is_healthy(e), "health check: endpoint up");
             }
         }
         Err(why) => {
@@ -148,7 +150,11 @@ async fn tcp_check(e: &Endpoint) -> Result<(), String> {
         .map_err(|err| format!("connect: {err}"))
 }
 
-async fn http_check(client: &super::client::Client, e: &Endpoint, path: &str) -> Result<(), String> {
+async fn http_check(
+    client: &super::client::Client,
+    e: &Endpoint,
+    path: &str,
+) -> Result<(), String> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(if e.https {
         http::uri::Scheme::HTTPS
@@ -167,10 +173,7 @@ async fn http_check(client: &super::client::Client, e: &Endpoint, path: &str) ->
         http::header::USER_AGENT,
         http::HeaderValue::from_static("graygate-health"),
     );
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|err| error_chain(&err))?;
+    let resp = client.request(req).await.map_err(|err| error_chain(&err))?;
     let status = resp.status();
     // Read the answer (within the check's timeout) so the connection can be reused.
     let _ = resp.into_body().collect().await;

@@ -353,6 +353,20 @@ impl ClusterPool {
         });
     }
 
+    /// End a passive ejection early: the active check saw the endpoint down and then up
+    /// again for `healthy_after` checks, better evidence than a timer. Its doubling count
+    /// stays until live traffic succeeds on it.
+    pub fn end_ejection(&self, e: &Endpoint) -> bool {
+        let now = self.now_ms();
+        if !e.ejected(now) {
+            return false;
+        }
+        e.ejected_until.store(0, Ordering::Relaxed);
+        e.consecutive_failures.store(0, Ordering::Relaxed);
+        e.set_eject_reason(None);
+        true
+    }
+
     /// A JSON-friendly view of each endpoint's state.
     pub fn endpoint_views(&self) -> Vec<serde_json::Value> {
         let now = self.now_ms();
