@@ -407,3 +407,174 @@ pub const MAX_EJECTION_MS: u64 = 5 * 60 * 1000;
 pub fn timeouts(spec: &ClusterSpec) -> (Duration, Duration) {
     (spec.timeout, spec.connect_timeout)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::value::EndpointUrl;
+    use crate::upstream::{health, HealthSpec, OutlierSpec, TlsSpec};
+
+    fn spec(n: usize, outlier: OutlierSpec) -> ClusterSpec {
+        ClusterSpec {
+            endpoints: (0..n)
+                .map(|i| EndpointUrl::parse(&format!("http://127.0.0.1:{}", 1000 + i)).unwrap())
+                .collect(),
+            embedded: None,
+            balance: Balance::RoundRobin,
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            max_inflight: 0,
+            health: None,
+            outlier,
+            fallback: None,
+            tls: TlsSpec::default(),
+            drain: false,
+        }
+    }
+
+    fn pool(n: usize, outlier: OutlierSpec) -> (ClusterPool, Metrics) {
+        let s = spec(n, outlier);
+        let eps = s
+            .endpoints
+            .iter()
+            .map(|u| Arc::new(Endpoint::new(&u.text, false)))
+            .collect();
+        let m = Metrics::new();
+        let p = ClusterPool::new(
+            Arc::from("c"),
+            crate::pins::names::intern("c"),
+            s,
+            eps,
+            m.clone(),
+        )
+        .unwrap();
+        (p, m)
+    }
+
+    fn healthy_gauge(m: &Metrics, url: &str) -> i64 {
+        m.endpoint_healthy.with_label_values(&["c", url]).get()
+    }
+
+    #[test]
+    fn ejection_time_doubles_up_to_five_minutes() {
+        let d = Duration::from_secs(30);
+        assert_eq!(eject_ms(d, 0), 30_000);
+        assert_eq!(eject_ms(d, 1), 60_000);
+        assert_eq!(eject_ms(d, 3), 240_000);
+        assert_eq!(eject_ms(d, 4), MAX_EJECTION_MS);
+        assert_eq!(eject_ms(d, 40), MAX_EJECTION_MS);
+        assert_eq!(eject_ms(Duration::from_secs(3600), 0), MAX_EJECTION_MS);
+        assert_eq!(eject_ms(Duration::MAX, 16), MAX_EJECTION_MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_is_bounded_doubles_and_ends() {
+        let o = OutlierSpec {
+            consecutive_failures: 2,
+            eject_for: Duration::from_secs(10),
+            max_ejected: 0.5,
+        };
+        let (p, m) = pool(2, o);
+        let state = p.state.load_full();
+        let (a, b) = (state.endpoints[0].clone(), state.endpoints[1].clone());
+        p.record_failure(&state, &a, "x");
+        assert!(p.is_healthy(&a), "one failure is not enough");
+        p.record_failure(&state, &a, "x");
+        assert!(!p.is_healthy(&a));
+        assert_eq!(healthy_gauge(&m, &a.url), 0);
+        assert_eq!(m.ejections.with_label_values(&["c", &a.url]).get(), 1);
+        // The other may not follow: 50% of two is one.
+        for _ in 0..5 {
+            p.record_failure(&state, &b, "x");
+        }
+        assert!(p.is_healthy(&b));
+        assert_eq!(m.ejections.with_label_values(&["c", &b.url]).get(), 0);
+        // The ejection ends after 10s and the gauge follows.
+        tokio::time::sleep(Duration::from_millis(10_001)).await;
+        tokio::task::yield_now().await;
+        assert!(p.is_healthy(&a));
+        assert_eq!(healthy_gauge(&m, &a.url), 1);
+        // Failing again right away: ejected for twice as long.
+        p.record_failure(&state, &a, "x");
+        p.record_failure(&state, &a, "x");
+        tokio::time::sleep(Duration::from_millis(10_001)).await;
+        assert!(!p.is_healthy(&a), "the second ejection in a row lasts 20s");
+        tokio::time::sleep(Duration::from_millis(10_000)).await;
+        tokio::task::yield_now().await;
+        assert!(p.is_healthy(&a));
+        // A success resets the doubling.
+        p.record_success(&a);
+        p.record_failure(&state, &a, "x");
+        p.record_failure(&state, &a, "x");
+        tokio::time::sleep(Duration::from_millis(10_001)).await;
+        assert!(p.is_healthy(&a));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_end_does_not_hide_a_failed_check() {
+        let o = OutlierSpec {
+            consecutive_failures: 1,
+            eject_for: Duration::from_secs(1),
+            max_ejected: 1.0,
+        };
+        let (p, m) = pool(1, o);
+        let state = p.state.load_full();
+        let a = state.endpoints[0].clone();
+        p.record_failure(&state, &a, "x");
+        assert!(!p.is_healthy(&a));
+        let hs = HealthSpec {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            path: None,
+            unhealthy_after: 2,
+            healthy_after: 2,
+        };
+        health::apply(&p, &a, &hs, Err("refused".into()));
+        health::apply(&p, &a, &hs, Err("refused".into()));
+        assert!(!a.checked_healthy());
+        tokio::time::sleep(Duration::from_millis(1_001)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(healthy_gauge(&m, &a.url), 0, "still down by the check");
+        let view = p.endpoint_views();
+        assert!(view[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failed 2 times in a row: refused")));
+        // Two passes: up again, and a running ejection would end with it.
+        p.record_failure(&state, &a, "x");
+        assert!(!p.is_healthy(&a));
+        health::apply(&p, &a, &hs, Ok(()));
+        assert!(!p.is_healthy(&a));
+        health::apply(&p, &a, &hs, Ok(()));
+        assert!(p.is_healthy(&a));
+        assert_eq!(healthy_gauge(&m, &a.url), 1);
+        assert!(p.endpoint_views()[0]["reason"].is_null());
+    }
+
+    #[test]
+    fn thresholds_need_streaks() {
+        let (p, _m) = pool(1, OutlierSpec::default());
+        let a = p.state.load().endpoints[0].clone();
+        let hs = HealthSpec {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            path: None,
+            unhealthy_after: 3,
+            healthy_after: 2,
+        };
+        for outcome in [Err("e"), Err("e"), Ok(()), Err("e"), Err("e")] {
+            health::apply(&p, &a, &hs, outcome.map_err(String::from));
+        }
+        assert!(a.checked_healthy(), "a pass breaks the streak of failures");
+        health::apply(&p, &a, &hs, Err("e".into()));
+        assert!(!a.checked_healthy());
+        health::apply(&p, &a, &hs, Ok(()));
+        health::apply(&p, &a, &hs, Err("e".into()));
+        health::apply(&p, &a, &hs, Ok(()));
+        assert!(
+            !a.checked_healthy(),
+            "a failure breaks the streak of passes"
+        );
+        health::apply(&p, &a, &hs, Ok(()));
+        assert!(a.checked_healthy());
+    }
+}
