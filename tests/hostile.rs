@@ -333,3 +333,61 @@ async fn a_client_that_stops_reading_affects_nobody_else() {
     drop(noread);
     traffic_ok(&gw, "after-stuck", 10, Duration::from_secs(5)).await;
 }
+
+/// Read one HTTP/1.1 answer with a Content-Length body; None if the connection ended first.
+async fn read_answer(s: &mut TcpStream) -> Option<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return Some(text);
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// After a first request, hyper's header timer bounds the next request head on a kept-alive
+/// connection: a slow second request is cut and counted as `header_timeout` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_second_request_on_a_kept_alive_connection_is_cut() {
+    let (gw, up) = gateway("limits: { header_read_timeout: 500ms }\n").await;
+    let body = turn_body("ka1", 8, None);
+    let raw = format!("{V2}Content-Length: {}\r\n\r\n{body}", body.len());
+    let mut s = TcpStream::connect(gw.dialog).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let first = read_answer(&mut s).await.expect("first answer");
+    assert_eq!(status_of(&first), Some(200), "{first}");
+    // Half a head, then nothing.
+    s.write_all(V2.as_bytes()).await.unwrap();
+    let t = Instant::now();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "the slow second request was not cut");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            gw.metric(
+                "graygate_rejected_connections_total",
+                &[("reason", "header_timeout")],
+            )
+            .await
+                == 1.0
+        })
+        .await,
+        "header_timeout not counted"
+    );
+    assert_eq!(up.count(), 1);
+}
