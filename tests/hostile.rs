@@ -95,7 +95,7 @@ async fn thousands_of_slow_and_idle_connections() {
         fd_limit()
     );
     let (gw, _up) = gateway(&format!(
-        "limits: {{ max_connections: {cap}, header_read_timeout: 2s, request_timeout: 5s }}\n"
+        "limits: {{ max_connections: {cap}, header_read_timeout: 3s, request_timeout: 5s }}\n"
     ))
     .await;
     let gw = Arc::new(gw);
@@ -167,7 +167,7 @@ async fn thousands_of_slow_and_idle_connections() {
             <= cap as f64
     );
     drop(over);
-    // The slow and the idle are cut at header_read_timeout (2s) and counted.
+    // The slow and the idle are cut at header_read_timeout (3s) and counted.
     let all_closed = eventually(Duration::from_secs(15), || async {
         closed.load(Ordering::SeqCst) == 2 * per_kind
     })
