@@ -104,7 +104,13 @@ default: stable
                     let p = phase.load(Ordering::Relaxed);
                     let a = c.turn(&gw, Some(101), &userid, inaction, input).await;
                     let route = a.header("x-graygate-route").map(String::from);
-                    let pinned = route.as_deref().is_some_and(|r| r.contains("pin=kept"));
+                    // Every turn after a call's first is pinned (error answers carry no
+                    // decision header, so the turn's place says it).
+                    let pinned = turn > 0;
+                    if a.status == 200 {
+                        let kept = route.as_deref().is_some_and(|r| r.contains("pin=kept"));
+                        assert_eq!(kept, pinned, "{route:?}");
+                    }
                     if turn == 0 && a.status == 200 {
                         call_cluster = a.upstream().map(|u| cluster_of(u).to_string());
                     }
@@ -230,12 +236,13 @@ default: stable
         let total = served_in(p, &|_| true);
         let failed = served_in(p, &|s| s.status != 200);
         let failed_new = served_in(p, &|s| s.status != 200 && !s.pinned);
+        let failed_pinned = failed - failed_new;
         let mut by_status: HashMap<u16, usize> = HashMap::new();
         for s in all.iter().filter(|s| s.phase == p && s.status != 200) {
             *by_status.entry(s.status).or_default() += 1;
         }
         report.push_str(&format!(
-            "phase {p}: {total} turns, {failed} failed ({failed_new} new calls), by status {by_status:?}\n"
+            "phase {p}: {total} turns, {failed} failed ({failed_new} first turns of new calls, {failed_pinned} pinned turns), by status {by_status:?}\n"
         ));
     }
     println!("{report}canary-1 marked down {p1_ms}ms after the kill; canary back {back_ms}ms after the return");
@@ -243,6 +250,12 @@ default: stable
     // error is retried on the other endpoint; only requests in flight on the dying one break).
     assert!(
         served_in(1, &|s| s.status != 200 && !s.pinned) <= 3,
+        "{report}"
+    );
+    // After the second, new calls fail at most `consecutive_failures` times before the last
+    // endpoint is ejected and they fall back (max_ejected: 100%).
+    assert!(
+        served_in(2, &|s| s.status != 200 && !s.pinned) <= 3,
         "{report}"
     );
     // After the return nothing fails.
