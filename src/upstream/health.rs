@@ -59,7 +59,9 @@ pub fn restart(pool: &Arc<ClusterPool>) {
 
 fn spawn(pool: Weak<ClusterPool>, spec: HealthSpec) -> HealthTask {
     let handle = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(spec.interval);
+        // Validation refuses a zero interval; never let one panic `interval` here.
+        let every = spec.interval.max(std::time::Duration::from_millis(10));
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
