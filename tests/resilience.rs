@@ -661,3 +661,86 @@ async fn max_connections_closes_the_next_at_accept() {
         String::from_utf8_lossy(&out)
     );
 }
+
+/// The check task of a pool stops when the pool's spec changes (a new task takes over) and
+/// when the pool is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_task_follows_the_pool() {
+    use graygate::config::value::EndpointUrl;
+    use graygate::upstream::{Balance, ClusterSpec, HealthSpec, OutlierSpec, TlsSpec, Upstreams};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let n = accepts.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            n.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let spec = |interval: Duration| ClusterSpec {
+        endpoints: vec![EndpointUrl::parse(&format!("http://{addr}")).unwrap()],
+        embedded: None,
+        balance: Balance::RoundRobin,
+        timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(1),
+        max_inflight: 0,
+        health: Some(HealthSpec {
+            interval,
+            timeout: Duration::from_secs(1),
+            path: None,
+            unhealthy_after: 1,
+            healthy_after: 1,
+        }),
+        outlier: OutlierSpec::default(),
+        fallback: None,
+        tls: TlsSpec::default(),
+        drain: false,
+    };
+    let ups = Upstreams::new(graygate::metrics::Metrics::new());
+    let name: Arc<str> = Arc::from("hc-follow");
+    ups.reconcile(&[(name.clone(), spec(Duration::from_millis(20)))])
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            accepts.load(Ordering::SeqCst) >= 3
+        })
+        .await
+    );
+    // A new spec (one check an hour): the fast task stops, the new one checks once at start.
+    ups.reconcile(&[(name.clone(), spec(Duration::from_secs(3600)))])
+        .await
+        .unwrap();
+    let settle = || async {
+        let mut last = accepts.load(Ordering::SeqCst);
+        loop {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let now = accepts.load(Ordering::SeqCst);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let quiet = tokio::time::timeout(Duration::from_secs(5), settle())
+        .await
+        .expect("the old check task kept running after the spec changed");
+    // The pool leaves the file (no pins): dropped, and no check runs again.
+    ups.reconcile(&[(name.clone(), spec(Duration::from_millis(20)))])
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            accepts.load(Ordering::SeqCst) > quiet
+        })
+        .await
+    );
+    ups.reconcile(&[]).await.unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), settle())
+        .await
+        .expect("the check task outlived its pool");
+    assert!(ups.all().is_empty());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(accepts.load(Ordering::SeqCst), stopped);
+}
