@@ -744,3 +744,24 @@ async fn health_task_follows_the_pool() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(accepts.load(Ordering::SeqCst), stopped);
 }
+
+/// Fallback chains are followed once; a circle is a validation error with its position.
+#[test]
+fn fallback_cycles_are_refused() {
+    let yaml = "clusters:
+  a: { endpoints: [http://127.0.0.1:1], fallback: b }
+  b: { endpoints: [http://127.0.0.1:2], fallback: c }
+  c: { endpoints: [http://127.0.0.1:3], fallback: a }
+default: a
+";
+    let path = std::path::Path::new("routes.yaml");
+    let err = match graygate::config::load_str(yaml, "routes.yaml", path) {
+        Ok(_) => panic!("a fallback cycle was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("fallback cycle"), "{err}");
+    assert!(err.contains("routes.yaml:"), "{err}");
+    // A chain without a circle is fine.
+    let chain = yaml.replace("fallback: a }", "fallback: null }");
+    assert!(graygate::config::load_str(&chain, "routes.yaml", path).is_ok());
+}
