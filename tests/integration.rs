@@ -25,3 +25,14 @@ mod routing;
 
 /// Several replicas on one Redis: shared pins, rollouts, first writer wins, outages, restarts.
 mod replicas;
+/// Spec §10 under faults: health checks, outlier ejection, fallback, pinned turns, max_inflight,
+/// max_connections, timeouts and retries (issue 9, acceptance 1).
+mod resilience;
+
+/// Hostile clients: thousands of slow/idle connections, smuggling shapes, oversized headers,
+/// short bodies, clients that stop reading (issue 9, acceptances 2 and 3).
+mod hostile;
+
+/// TLS to upstreams (test CA, wrong CA, server_name, client certificates, h2 by ALPN) and mTLS
+/// on the dialog listener (issue 9, acceptance 4).
+mod tls;

@@ -4,8 +4,12 @@
 //!
 //! - `max_connections`: a semaphore; a connection over the cap is closed at accept and counted
 //!   (`graygate_rejected_connections_total{reason="max_connections"}`), never queued.
-//! - `header_read_timeout`: hyper's HTTP/1 header timer; a client too slow to send its headers
-//!   is cut off. A TLS handshake gets the same budget.
+//! - `header_read_timeout`: from accept, a connection has this long to complete its TLS
+//!   handshake and deliver its first request's headers (our watchdog: hyper's protocol
+//!   detection and HTTP/2 have no header timer of their own, so a client that connects and
+//!   sends nothing, or a byte now and then, would otherwise hold its slot forever); later
+//!   requests on a kept-alive HTTP/1 connection are bounded by hyper's header timer. Every cut
+//!   is counted (`reason="header_timeout"`).
 //! - Shutdown: stop accepting, ask every connection to finish its in-flight requests
 //!   (graceful), and give them `grace` before returning.
 
@@ -13,6 +17,7 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,41 +108,40 @@ pub async fn serve<F, Fut, B>(
         let tls = opts.tls.clone();
         let rejected_tls = rejected_tls.clone();
         let rejected_hdr = rejected_hdr.clone();
-        let header_timeout = opts.header_read_timeout;
+        let first_by = tokio::time::Instant::now() + opts.header_read_timeout;
         tasks.spawn(async move {
             let _permit = permit;
             let https = tls.is_some();
+            let started = Arc::new(AtomicBool::new(false));
+            let watch = Watchdog {
+                first_by,
+                started: started.clone(),
+                rejected_hdr,
+            };
             let svc = hyper::service::service_fn(move |req| {
+                started.store(true, Ordering::Relaxed);
                 let h = handler.clone();
                 async move { Ok::<_, std::convert::Infallible>(h(req, peer, https).await) }
             });
             match tls {
                 Some(acceptor) => {
-                    let hs = tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
+                    let hs = tokio::time::timeout_at(first_by, acceptor.accept(stream)).await;
                     match hs {
                         Ok(Ok(tls_stream)) => {
                             let io = TokioIo::new(tls_stream);
-                            serve_conn(&builder, io, svc, &shutdown, &rejected_hdr).await;
+                            serve_conn(&builder, io, svc, &shutdown, &watch).await;
                         }
                         Ok(Err(e)) => {
                             rejected_tls.inc();
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
                         }
                         Err(_) => {
-                            rejected_hdr.inc();
+                            watch.rejected_hdr.inc();
+                            tracing::debug!(peer = %peer, "TLS handshake not done within header_read_timeout");
                         }
                     }
                 }
-                None => {
-                    serve_conn(
-                        &builder,
-                        TokioIo::new(stream),
-                        svc,
-                        &shutdown,
-                        &rejected_hdr,
-                    )
-                    .await
-                }
+                None => serve_conn(&builder, TokioIo::new(stream), svc, &shutdown, &watch).await,
             }
             gauge.dec();
         });
@@ -151,12 +155,20 @@ pub async fn serve<F, Fut, B>(
     }
 }
 
+/// The first-request deadline of one connection.
+struct Watchdog {
+    first_by: tokio::time::Instant,
+    /// Set by the service when the first request's headers have arrived.
+    started: Arc<AtomicBool>,
+    rejected_hdr: prometheus::IntCounter,
+}
+
 async fn serve_conn<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     svc: S,
     shutdown: &Shutdown,
-    rejected_hdr: &prometheus::IntCounter,
+    watch: &Watchdog,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -171,20 +183,47 @@ async fn serve_conn<I, S, B>(
 {
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = shutdown.wait() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let deadline = tokio::time::sleep_until(watch.first_by);
+    tokio::pin!(deadline);
+    let (mut draining, mut watching) = (false, true);
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = shutdown.wait(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut deadline, if watching => {
+                watching = false;
+                if !watch.started.load(Ordering::Relaxed) {
+                    // Dropping the connection closes the socket.
+                    watch.rejected_hdr.inc();
+                    tracing::debug!("no request headers within header_read_timeout: connection closed");
+                    return;
+                }
+            }
         }
     };
     if let Err(e) = result {
-        let text = e.to_string();
-        if text.contains("timeout") || text.contains("timed out") {
-            rejected_hdr.inc();
+        if is_header_timeout(&*e) {
+            watch.rejected_hdr.inc();
         }
-        tracing::debug!(error = %text, "connection ended with an error");
+        tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// hyper's HTTP/1 header timer fired (a later request's headers were too slow).
+fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A tiny task tracker: how many connection tasks are alive, and waiting for them to end.

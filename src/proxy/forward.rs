@@ -95,12 +95,21 @@ pub async fn send(
     let mut tried: u64 = 0;
     let mut last_err: Option<UpstreamError> = None;
     let upstream_start = Instant::now();
+    // A pinned turn whose cluster is all marked down still tries its endpoints (§10); if none
+    // of them can be reached either, the answer is 503 GW.NO_UPSTREAM.
+    let all_marked_down = !strict && !pool.any_healthy();
     loop {
         let (i, guard) = match pool.pick(&state, userid, tried, strict) {
             Ok(x) => x,
             Err(why) => {
                 // Out of endpoints to try: report the last real error if there was one.
                 return Err(match last_err {
+                    Some(e) if all_marked_down && !e.reached_endpoint() => {
+                        GatewayError::NoUpstream(format!(
+                            "cluster `{}` has no healthy endpoint and none could be reached ({e})",
+                            pool.name
+                        ))
+                    }
                     Some(e) => to_gateway(e),
                     None => GatewayError::NoUpstream(match why {
                         PickError::Full => format!(

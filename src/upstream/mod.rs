@@ -10,6 +10,7 @@
 pub mod balance;
 pub mod client;
 pub mod embedded;
+pub mod health;
 pub mod pool;
 
 use std::collections::HashMap;
@@ -242,7 +243,9 @@ impl Upstreams {
         if let Ok(mut g) = pool.embedded.lock() {
             *g = embedded;
         }
-        Ok(Arc::new(pool))
+        let pool = Arc::new(pool);
+        health::restart(&pool);
+        Ok(pool)
     }
 
     async fn update(&self, pool: &Arc<ClusterPool>, spec: &ClusterSpec) -> Result<(), String> {
@@ -290,10 +293,7 @@ impl Upstreams {
             }
         }
         for e in &endpoints {
-            self.metrics
-                .endpoint_healthy
-                .with_label_values(&[&pool.name, &e.url])
-                .set(i64::from(pool.is_healthy(e)));
+            pool.refresh_gauge(e);
         }
         let client = if client_settings_equal(&old.spec, spec) {
             old.client.clone()
@@ -305,6 +305,9 @@ impl Upstreams {
             endpoints,
             client,
         }));
+        // New endpoints, client or check settings: the old check task stops, a new one starts
+        // (endpoints that stayed keep their verdict and streaks).
+        health::restart(pool);
         Ok(())
     }
 }

@@ -28,12 +28,17 @@ pub struct Endpoint {
     inflight: AtomicU32,
     /// The active check's verdict.
     checked_healthy: AtomicBool,
+    /// Active checks in a row that passed / failed (kept across reloads with the endpoint).
+    pub(super) check_passes: AtomicU32,
+    pub(super) check_failures: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Ejected until this many ms after the pool's epoch (0 = not ejected).
     ejected_until: AtomicU64,
     ejections_in_a_row: AtomicU32,
-    /// Why it is down, for /admin/config.
-    pub reason: std::sync::Mutex<Option<String>>,
+    /// Why the active check marked it down, for /admin/config.
+    check_reason: std::sync::Mutex<Option<String>>,
+    /// Why live traffic ejected it, for /admin/config.
+    eject_reason: std::sync::Mutex<Option<String>>,
 }
 
 impl Endpoint {
@@ -48,10 +53,13 @@ impl Endpoint {
             seed: crate::router::split::seed("endpoint", url),
             inflight: AtomicU32::new(0),
             checked_healthy: AtomicBool::new(true),
+            check_passes: AtomicU32::new(0),
+            check_failures: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections_in_a_row: AtomicU32::new(0),
-            reason: std::sync::Mutex::new(None),
+            check_reason: std::sync::Mutex::new(None),
+            eject_reason: std::sync::Mutex::new(None),
         }
     }
 
@@ -63,18 +71,42 @@ impl Endpoint {
         self.checked_healthy.load(Ordering::Relaxed)
     }
 
-    pub fn set_checked_healthy(&self, healthy: bool) {
-        self.checked_healthy.store(healthy, Ordering::Relaxed);
+    /// Record the active check's verdict (and why, when it is down). Returns true when the
+    /// verdict changed.
+    pub fn set_checked_healthy(&self, healthy: bool) -> bool {
+        let was = self.checked_healthy.swap(healthy, Ordering::Relaxed);
+        was != healthy
+    }
+
+    /// Why the active check says the endpoint is down (`None` clears it).
+    pub fn set_check_reason(&self, r: Option<String>) {
+        if let Ok(mut g) = self.check_reason.lock() {
+            *g = r;
+        }
     }
 
     fn ejected(&self, now_ms: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now_ms
     }
 
-    fn set_reason(&self, r: Option<String>) {
-        if let Ok(mut g) = self.reason.lock() {
+    fn set_eject_reason(&self, r: Option<String>) {
+        if let Ok(mut g) = self.eject_reason.lock() {
             *g = r;
         }
+    }
+
+    /// Why the endpoint takes no new calls: the check's reason and the ejection's, joined.
+    fn reason(&self, now_ms: u64) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.checked_healthy() {
+            let r = self.check_reason.lock().ok().and_then(|g| g.clone());
+            parts.push(r.unwrap_or_else(|| "health check failed".into()));
+        }
+        if self.ejected(now_ms) {
+            let r = self.eject_reason.lock().ok().and_then(|g| g.clone());
+            parts.push(r.unwrap_or_else(|| "ejected".into()));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 
@@ -93,8 +125,13 @@ pub struct ClusterPool {
     counter: AtomicUsize,
     epoch: Instant,
     metrics: Metrics,
+    /// Ejection decisions are taken one at a time, so that two endpoints failing at once
+    /// cannot both pass the `max_ejected` bound.
+    eject_lock: std::sync::Mutex<()>,
     /// The embedded backend's servers, if any: dropping the pool stops them.
     pub embedded: std::sync::Mutex<Option<super::embedded::EmbeddedCluster>>,
+    /// The active health check task, if the spec has `health`: dropping it stops the task.
+    pub(super) health: std::sync::Mutex<Option<super::health::HealthTask>>,
 }
 
 /// A slot taken on an endpoint; gives it back when dropped.
@@ -161,7 +198,9 @@ impl ClusterPool {
             counter: AtomicUsize::new(0),
             epoch: Instant::now(),
             metrics,
+            eject_lock: std::sync::Mutex::new(()),
             embedded: std::sync::Mutex::new(None),
+            health: std::sync::Mutex::new(None),
         })
     }
 
@@ -172,6 +211,14 @@ impl ClusterPool {
     /// Can the endpoint take new calls (active check and passive ejection both say yes)?
     pub fn is_healthy(&self, e: &Endpoint) -> bool {
         e.checked_healthy() && !e.ejected(self.now_ms())
+    }
+
+    /// Set `graygate_upstream_endpoint_healthy` from the endpoint's current state.
+    pub fn refresh_gauge(&self, e: &Endpoint) {
+        self.metrics
+            .endpoint_healthy
+            .with_label_values(&[&self.name, &e.url])
+            .set(i64::from(self.is_healthy(e)));
     }
 
     /// Does the cluster have at least one healthy endpoint?
@@ -261,20 +308,23 @@ impl ClusterPool {
     }
 
     /// Live traffic says the endpoint failed (connect error, reset, timeout, 502/503/504).
-    /// Ejects it after `consecutive_failures` in a row, unless that would eject more than
-    /// `max_ejected` of the cluster.
-    pub fn record_failure(&self, state: &PoolState, e: &Endpoint, why: &str) {
+    /// Ejects it after `consecutive_failures` in a row for `eject_for`, doubled with each
+    /// ejection in a row (at most 5 minutes), unless that would eject more than `max_ejected`
+    /// of the cluster's endpoints (floor: with 50% a two-node cluster may lose one node to
+    /// ejection, a one-node cluster none; the active check can still mark any node down).
+    pub fn record_failure(&self, state: &PoolState, e: &Arc<Endpoint>, why: &str) {
         let n = e.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let o = &state.spec.outlier;
-        if n < o.consecutive_failures || o.consecutive_failures == 0 {
+        if o.consecutive_failures == 0 || n < o.consecutive_failures {
             return;
         }
+        let Ok(_one_at_a_time) = self.eject_lock.lock() else {
+            return;
+        };
         let now = self.now_ms();
         if e.ejected(now) {
             return;
         }
-        // Never eject more than `max_ejected` of the cluster (floor): with 50% a two-node
-        // cluster may lose one node to ejection, a one-node cluster none.
         let total = state.endpoints.len();
         let ejected = state.endpoints.iter().filter(|x| x.ejected(now)).count();
         let allowed = ((total as f64) * o.max_ejected).floor() as usize;
@@ -282,32 +332,49 @@ impl ClusterPool {
             return;
         }
         let k = e.ejections_in_a_row.fetch_add(1, Ordering::Relaxed).min(16);
-        let base = o.eject_for.as_millis() as u64;
-        let dur = base.saturating_mul(1u64 << k).min(5 * 60 * 1000);
+        let dur = eject_ms(o.eject_for, k);
         e.ejected_until.store(now + dur, Ordering::Relaxed);
         e.consecutive_failures.store(0, Ordering::Relaxed);
-        e.set_reason(Some(format!(
-            "ejected for {}ms after {n} failures in a row ({why})",
-            dur
+        e.set_eject_reason(Some(format!(
+            "ejected for {dur}ms after {n} failures in a row ({why})"
         )));
         self.metrics
             .ejections
             .with_label_values(&[&self.name, &e.url])
             .inc();
-        self.metrics
-            .endpoint_healthy
-            .with_label_values(&[&self.name, &e.url])
-            .set(0);
-        tracing::warn!(cluster = %self.name, endpoint = %e.url, eject_ms = dur, reason = why, "endpoint ejected");
+        self.refresh_gauge(e);
+        tracing::warn!(cluster = %self.name, endpoint = %e.url, eject_ms = dur, ejections_in_a_row = k + 1, reason = why, "endpoint ejected");
+        // When the ejection ends, the gauge says what the endpoint is then (the active
+        // check may have marked it down meanwhile, or a later ejection may have followed).
         let metrics = self.metrics.clone();
-        let (name, url) = (self.name.clone(), e.url.clone());
+        let (name, e, epoch) = (self.name.clone(), e.clone(), self.epoch);
         tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(dur)).await;
+            tokio::time::sleep(Duration::from_millis(dur)).await;
+            let now = epoch.elapsed().as_millis() as u64;
+            if e.ejected(now) {
+                return;
+            }
+            let healthy = e.checked_healthy();
             metrics
                 .endpoint_healthy
-                .with_label_values(&[&name, &url])
-                .set(1);
+                .with_label_values(&[&name, &e.url])
+                .set(i64::from(healthy));
+            tracing::info!(cluster = %name, endpoint = %e.url, healthy, "endpoint ejection over");
         });
+    }
+
+    /// End a passive ejection early: the active check saw the endpoint down and then up
+    /// again for `healthy_after` checks, better evidence than a timer. Its doubling count
+    /// stays until live traffic succeeds on it.
+    pub fn end_ejection(&self, e: &Endpoint) -> bool {
+        let now = self.now_ms();
+        if !e.ejected(now) {
+            return false;
+        }
+        e.ejected_until.store(0, Ordering::Relaxed);
+        e.consecutive_failures.store(0, Ordering::Relaxed);
+        e.set_eject_reason(None);
+        true
     }
 
     /// A JSON-friendly view of each endpoint's state.
@@ -325,7 +392,7 @@ impl ClusterPool {
                     "checked_healthy": e.checked_healthy(),
                     "ejected_for_ms": ejected_ms,
                     "inflight": e.inflight(),
-                    "reason": if self.is_healthy(e) { None } else { e.reason.lock().ok().and_then(|r| r.clone()) },
+                    "reason": e.reason(now),
                 })
             })
             .collect()
@@ -336,7 +403,188 @@ impl ClusterPool {
     }
 }
 
+/// How long the `k`-th ejection in a row lasts (k = 0 for the first): `eject_for` doubled
+/// `k` times, at most 5 minutes.
+pub fn eject_ms(eject_for: Duration, k: u32) -> u64 {
+    let base = eject_for.as_millis().min(u128::from(u64::MAX)) as u64;
+    base.saturating_mul(1u64 << k.min(16)).min(MAX_EJECTION_MS)
+}
+
+/// The longest one ejection lasts (spec §10).
+pub const MAX_EJECTION_MS: u64 = 5 * 60 * 1000;
+
 /// The timeout pieces a forward needs.
 pub fn timeouts(spec: &ClusterSpec) -> (Duration, Duration) {
     (spec.timeout, spec.connect_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::value::EndpointUrl;
+    use crate::upstream::{health, HealthSpec, OutlierSpec, TlsSpec};
+
+    fn spec(n: usize, outlier: OutlierSpec) -> ClusterSpec {
+        ClusterSpec {
+            endpoints: (0..n)
+                .map(|i| EndpointUrl::parse(&format!("http://127.0.0.1:{}", 1000 + i)).unwrap())
+                .collect(),
+            embedded: None,
+            balance: Balance::RoundRobin,
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            max_inflight: 0,
+            health: None,
+            outlier,
+            fallback: None,
+            tls: TlsSpec::default(),
+            drain: false,
+        }
+    }
+
+    fn pool(n: usize, outlier: OutlierSpec) -> (ClusterPool, Metrics) {
+        let s = spec(n, outlier);
+        let eps = s
+            .endpoints
+            .iter()
+            .map(|u| Arc::new(Endpoint::new(&u.text, false)))
+            .collect();
+        let m = Metrics::new();
+        let p = ClusterPool::new(
+            Arc::from("c"),
+            crate::pins::names::intern("c"),
+            s,
+            eps,
+            m.clone(),
+        )
+        .unwrap();
+        (p, m)
+    }
+
+    fn healthy_gauge(m: &Metrics, url: &str) -> i64 {
+        m.endpoint_healthy.with_label_values(&["c", url]).get()
+    }
+
+    #[test]
+    fn ejection_time_doubles_up_to_five_minutes() {
+        let d = Duration::from_secs(30);
+        assert_eq!(eject_ms(d, 0), 30_000);
+        assert_eq!(eject_ms(d, 1), 60_000);
+        assert_eq!(eject_ms(d, 3), 240_000);
+        assert_eq!(eject_ms(d, 4), MAX_EJECTION_MS);
+        assert_eq!(eject_ms(d, 40), MAX_EJECTION_MS);
+        assert_eq!(eject_ms(Duration::from_secs(3600), 0), MAX_EJECTION_MS);
+        assert_eq!(eject_ms(Duration::MAX, 16), MAX_EJECTION_MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_is_bounded_doubles_and_ends() {
+        let o = OutlierSpec {
+            consecutive_failures: 2,
+            eject_for: Duration::from_secs(10),
+            max_ejected: 0.5,
+        };
+        let (p, m) = pool(2, o);
+        let state = p.state.load_full();
+        let (a, b) = (state.endpoints[0].clone(), state.endpoints[1].clone());
+        p.record_failure(&state, &a, "x");
+        assert!(p.is_healthy(&a), "one failure is not enough");
+        p.record_failure(&state, &a, "x");
+        assert!(!p.is_healthy(&a));
+        assert_eq!(healthy_gauge(&m, &a.url), 0);
+        assert_eq!(m.ejections.with_label_values(&["c", &a.url]).get(), 1);
+        // The other may not follow: 50% of two is one.
+        for _ in 0..5 {
+            p.record_failure(&state, &b, "x");
+        }
+        assert!(p.is_healthy(&b));
+        assert_eq!(m.ejections.with_label_values(&["c", &b.url]).get(), 0);
+        // The ejection ends after 10s and the gauge follows.
+        tokio::time::sleep(Duration::from_millis(10_001)).await;
+        tokio::task::yield_now().await;
+        assert!(p.is_healthy(&a));
+        assert_eq!(healthy_gauge(&m, &a.url), 1);
+        // Failing again right away: ejected for twice as long.
+        p.record_failure(&state, &a, "x");
+        p.record_failure(&state, &a, "x");
+        tokio::time::sleep(Duration::from_millis(10_001)).await;
+        assert!(!p.is_healthy(&a), "the second ejection in a row lasts 20s");
+        tokio::time::sleep(Duration::from_millis(10_000)).await;
+        tokio::task::yield_now().await;
+        assert!(p.is_healthy(&a));
+        // A success resets the doubling.
+        p.record_success(&a);
+        p.record_failure(&state, &a, "x");
+        p.record_failure(&state, &a, "x");
+        tokio::time::sleep(Duration::from_millis(10_001)).await;
+        assert!(p.is_healthy(&a));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_end_does_not_hide_a_failed_check() {
+        let o = OutlierSpec {
+            consecutive_failures: 1,
+            eject_for: Duration::from_secs(1),
+            max_ejected: 1.0,
+        };
+        let (p, m) = pool(1, o);
+        let state = p.state.load_full();
+        let a = state.endpoints[0].clone();
+        p.record_failure(&state, &a, "x");
+        assert!(!p.is_healthy(&a));
+        let hs = HealthSpec {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            path: None,
+            unhealthy_after: 2,
+            healthy_after: 2,
+        };
+        health::apply(&p, &a, &hs, Err("refused".into()));
+        health::apply(&p, &a, &hs, Err("refused".into()));
+        assert!(!a.checked_healthy());
+        tokio::time::sleep(Duration::from_millis(1_001)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(healthy_gauge(&m, &a.url), 0, "still down by the check");
+        let view = p.endpoint_views();
+        assert!(view[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failed 2 times in a row: refused")));
+        // Two passes: up again, and a running ejection would end with it.
+        p.record_failure(&state, &a, "x");
+        assert!(!p.is_healthy(&a));
+        health::apply(&p, &a, &hs, Ok(()));
+        assert!(!p.is_healthy(&a));
+        health::apply(&p, &a, &hs, Ok(()));
+        assert!(p.is_healthy(&a));
+        assert_eq!(healthy_gauge(&m, &a.url), 1);
+        assert!(p.endpoint_views()[0]["reason"].is_null());
+    }
+
+    #[test]
+    fn thresholds_need_streaks() {
+        let (p, _m) = pool(1, OutlierSpec::default());
+        let a = p.state.load().endpoints[0].clone();
+        let hs = HealthSpec {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            path: None,
+            unhealthy_after: 3,
+            healthy_after: 2,
+        };
+        for outcome in [Err("e"), Err("e"), Ok(()), Err("e"), Err("e")] {
+            health::apply(&p, &a, &hs, outcome.map_err(String::from));
+        }
+        assert!(a.checked_healthy(), "a pass breaks the streak of failures");
+        health::apply(&p, &a, &hs, Err("e".into()));
+        assert!(!a.checked_healthy());
+        health::apply(&p, &a, &hs, Ok(()));
+        health::apply(&p, &a, &hs, Err("e".into()));
+        health::apply(&p, &a, &hs, Ok(()));
+        assert!(
+            !a.checked_healthy(),
+            "a failure breaks the streak of passes"
+        );
+        health::apply(&p, &a, &hs, Ok(()));
+        assert!(a.checked_healthy());
+    }
 }

@@ -1,0 +1,393 @@
+//! Hostile clients: slow and idle connections by the thousand, request-smuggling shapes,
+//! oversized headers, short bodies, clients that stop reading. Each gets a clear 4xx or a
+//! closed connection, and the dialog traffic around them keeps being served.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::support::*;
+
+/// The soft limit on open files of this process (from /proc; 1024 when unknown).
+fn fd_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// Send `raw` on a new connection and read what comes back until the gateway closes the
+/// connection or `limit` passes. Returns (bytes read, closed by the gateway).
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8], limit: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(raw).await;
+    read_until_closed(&mut s, limit).await
+}
+
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = Instant::now() + limit;
+    let closed = loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+fn status_of(answer: &str) -> Option<u16> {
+    answer.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+async fn gateway(extra: &str) -> (Gateway, Upstream) {
+    let up = Upstream::start("stable").await;
+    let yaml = format!(
+        "{extra}clusters:\n  stable:\n    endpoints: [{}]\ndefault: stable\n",
+        up.url()
+    );
+    (Gateway::start(&yaml).await, up)
+}
+
+/// Dialog traffic still flows: `n` turns, all 200, within `limit`.
+async fn traffic_ok(gw: &Gateway, tag: &str, n: usize, limit: Duration) {
+    let c = Client::new();
+    let t = Instant::now();
+    for i in 0..n {
+        let a = tokio::time::timeout(limit, c.turn(gw, Some(1), &format!("{tag}-{i}"), 8, None))
+            .await
+            .unwrap_or_else(|_| panic!("{tag}: turn {i} not served within {limit:?}"));
+        assert_eq!(a.status, 200, "{tag}: turn {i}");
+    }
+    assert!(
+        t.elapsed() < limit,
+        "{tag}: {n} turns took {:?}",
+        t.elapsed()
+    );
+}
+
+const V2: &str =
+    "POST /oifde/rest/v2/crs/process/1 HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n";
+
+/// Acceptance 2 of issue 9: 1,000 slow-header and 1,000 idle connections while dialog traffic
+/// flows; the slow and the idle are cut at `header_read_timeout`, `max_connections` holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_slow_and_idle_connections() {
+    // Each held connection costs two descriptors here (client and gateway side, one process).
+    let per_kind = ((fd_limit().saturating_sub(200)) / 5).min(1000);
+    let cap = 2 * per_kind + 40;
+    println!(
+        "fd limit {}: {per_kind} slow + {per_kind} idle connections, max_connections {cap}",
+        fd_limit()
+    );
+    let (gw, _up) = gateway(&format!(
+        "limits: {{ max_connections: {cap}, header_read_timeout: 3s, request_timeout: 5s }}\n"
+    ))
+    .await;
+    let gw = Arc::new(gw);
+    let closed = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..2 * per_kind {
+        let slow = i % 2 == 0;
+        let s = loop {
+            match TcpStream::connect(gw.dialog).await {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        let closed = closed.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = s;
+            let head = V2.as_bytes();
+            let mut next = 0;
+            let mut buf = [0u8; 512];
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    r = s.read(&mut buf) => {
+                        if matches!(r, Ok(0) | Err(_)) { break; }
+                    }
+                    _ = tick.tick(), if slow => {
+                        // One byte at a time, never finishing the headers.
+                        let b = head[next % head.len()];
+                        next += 1;
+                        if s.write_all(&[b]).await.is_err() { break; }
+                    }
+                }
+            }
+            closed.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    let opened_in = started.elapsed();
+    // The gateway holds them all, and serves dialog traffic meanwhile.
+    traffic_ok(&gw, "during", 50, Duration::from_secs(5)).await;
+    let held = gw
+        .metric("graygate_connections", &[("listener", "dialog")])
+        .await;
+    assert!(held <= cap as f64, "max_connections exceeded: {held}");
+    // Past the cap, connections are closed at accept and counted.
+    let mut over = Vec::new();
+    for _ in 0..(cap + 20 - held as usize) {
+        if let Ok(s) = TcpStream::connect(gw.dialog).await {
+            over.push(s);
+        }
+    }
+    let rejected = || async {
+        gw.metric(
+            "graygate_rejected_connections_total",
+            &[("reason", "max_connections")],
+        )
+        .await
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            rejected().await >= 10.0
+        })
+        .await,
+        "no connection refused at the cap"
+    );
+    assert!(
+        gw.metric("graygate_connections", &[("listener", "dialog")])
+            .await
+            <= cap as f64
+    );
+    drop(over);
+    // The slow and the idle are cut at header_read_timeout (3s) and counted.
+    let all_closed = eventually(Duration::from_secs(15), || async {
+        closed.load(Ordering::SeqCst) == 2 * per_kind
+    })
+    .await;
+    assert!(
+        all_closed,
+        "only {} of {} held connections were closed",
+        closed.load(Ordering::SeqCst),
+        2 * per_kind
+    );
+    let cut = gw
+        .metric(
+            "graygate_rejected_connections_total",
+            &[("reason", "header_timeout")],
+        )
+        .await;
+    assert!(cut >= (2 * per_kind) as f64, "header_timeout counted {cut}");
+    println!(
+        "opened {} in {opened_in:?}; all cut after {:?}; header_timeout {cut}, max_connections {}",
+        2 * per_kind,
+        started.elapsed(),
+        rejected().await
+    );
+    traffic_ok(&gw, "after", 20, Duration::from_secs(5)).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Acceptance 3 of issue 9: every hostile shape, its answer, and traffic unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_request_shapes() {
+    let (gw, up) = gateway("limits: { header_read_timeout: 2s, request_timeout: 1s }\n").await;
+    let body = turn_body("h1", 8, None);
+    let limit = Duration::from_secs(5);
+
+    // Content-Length and Transfer-Encoding: chunked framing wins, Content-Length is dropped,
+    // and the connection is closed after the answer, so what follows the chunked body (a
+    // smuggled request) is never read as a request.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let raw = format!(
+        "{V2}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n{smuggled}",
+        body.len()
+    );
+    let (ans, closed) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(200), "{ans}");
+    assert!(closed, "CL+TE: the connection must close after the answer");
+    assert_eq!(ans.matches("HTTP/1.1").count(), 1, "{ans}");
+    assert!(up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.path != "/smuggled"));
+
+    // Two different Content-Lengths: 400 and closed.
+    let raw = format!(
+        "{V2}Content-Length: {}\r\nContent-Length: 3\r\n\r\n{body}",
+        body.len()
+    );
+    let (ans, closed) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(400), "{ans}");
+    assert!(closed);
+
+    // An obsolete line fold: 400 and closed.
+    let raw = format!(
+        "{V2}X-Folded: one\r\n two\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (ans, closed) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(400), "{ans}");
+    assert!(closed);
+
+    // Oversized headers (past the 64 KiB read buffer): 431 and closed.
+    let big = "a".repeat(80 * 1024);
+    let raw = format!(
+        "{V2}X-Big: {big}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (ans, closed) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(431), "{ans}");
+    assert!(closed);
+
+    // Many small headers (hyper's cap on their number): 431 as well.
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let raw = format!("{V2}{many}Content-Length: {}\r\n\r\n{body}", body.len());
+    let (ans, _) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(431), "{ans}");
+
+    // A body shorter than its Content-Length, the client waiting: 400 GW.BAD_JSON once
+    // request_timeout (1s) passes, and the upstream never sees it.
+    let before = up.count();
+    let raw = format!("{V2}Content-Length: {}\r\n\r\n{}", body.len() + 50, body);
+    let t = Instant::now();
+    let (ans, _) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(400), "{ans}");
+    assert!(ans.contains("GW.BAD_JSON"), "{ans}");
+    assert!(t.elapsed() < Duration::from_secs(4));
+    // The same, the client closing its side: the connection just ends.
+    let mut s = TcpStream::connect(gw.dialog).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let (_, closed) = read_until_closed(&mut s, limit).await;
+    assert!(closed);
+    assert_eq!(up.count(), before);
+
+    // A bad chunk size: 400.
+    let raw = format!("{V2}Transfer-Encoding: chunked\r\n\r\nzz\r\n{body}\r\n0\r\n\r\n");
+    let (ans, closed) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert!(
+        status_of(&ans) == Some(400) || (ans.is_empty() && closed),
+        "{ans}"
+    );
+
+    // Transfer-Encoding that is not chunked: 400.
+    let raw = format!("{V2}Transfer-Encoding: gzip\r\n\r\n{body}");
+    let (ans, closed) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(400), "{ans}");
+    assert!(closed);
+
+    // Garbage instead of a request line: 400 and closed.
+    let (ans, closed) = exchange(gw.dialog, b"\x16\x03\x01garbage\r\n\r\n", limit).await;
+    assert!(status_of(&ans) == Some(400) || ans.is_empty(), "{ans}");
+    assert!(closed);
+
+    traffic_ok(&gw, "after-shapes", 20, limit).await;
+}
+
+/// A client that sends requests and never reads the answers holds only its own connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_affects_nobody_else() {
+    // The default cluster answers other paths with 1 MiB.
+    let big = Bytes::from(vec![b'x'; 1 << 20]);
+    let up = Upstream::with_handler(
+        "stable",
+        Arc::new(move |s: &Seen| {
+            if s.path == "/big" {
+                Response::builder().body(Full::new(big.clone())).unwrap()
+            } else {
+                dialog_answer("stable", s)
+            }
+        }),
+    )
+    .await;
+    let yaml = format!(
+        "clusters:\n  stable:\n    endpoints: [{}]\ndefault: stable\n",
+        up.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    // Pipelined requests for the big answer, never read.
+    let mut stuck = TcpStream::connect(gw.dialog).await.unwrap();
+    let one = "GET /big HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let many = one.repeat(50);
+    let _ = tokio::time::timeout(Duration::from_secs(2), stuck.write_all(many.as_bytes())).await;
+    // A dialog turn of a client that never reads its answer either.
+    let body = turn_body("noread", 8, None);
+    let mut noread = TcpStream::connect(gw.dialog).await.unwrap();
+    let raw = format!("{V2}Content-Length: {}\r\n\r\n{body}", body.len());
+    noread.write_all(raw.as_bytes()).await.unwrap();
+    // Everyone else is served.
+    traffic_ok(&gw, "beside-stuck", 50, Duration::from_secs(5)).await;
+    drop(stuck);
+    drop(noread);
+    traffic_ok(&gw, "after-stuck", 10, Duration::from_secs(5)).await;
+}
+
+/// Read one HTTP/1.1 answer with a Content-Length body; None if the connection ended first.
+async fn read_answer(s: &mut TcpStream) -> Option<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return Some(text);
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// After a first request, hyper's header timer bounds the next request head on a kept-alive
+/// connection: a slow second request is cut and counted as `header_timeout` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_second_request_on_a_kept_alive_connection_is_cut() {
+    let (gw, up) = gateway("limits: { header_read_timeout: 500ms }\n").await;
+    let body = turn_body("ka1", 8, None);
+    let raw = format!("{V2}Content-Length: {}\r\n\r\n{body}", body.len());
+    let mut s = TcpStream::connect(gw.dialog).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let first = read_answer(&mut s).await.expect("first answer");
+    assert_eq!(status_of(&first), Some(200), "{first}");
+    // Half a head, then nothing.
+    s.write_all(V2.as_bytes()).await.unwrap();
+    let t = Instant::now();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "the slow second request was not cut");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            gw.metric(
+                "graygate_rejected_connections_total",
+                &[("reason", "header_timeout")],
+            )
+            .await
+                == 1.0
+        })
+        .await,
+        "header_timeout not counted"
+    );
+    assert_eq!(up.count(), 1);
+}
