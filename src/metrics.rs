@@ -103,8 +103,11 @@ const SERIES_CACHE_MAX: usize = 4096;
 /// vectors), so what they count is exactly what the exposition shows.
 struct SeriesCache<T> {
     hasher: ahash::RandomState,
-    map: Mutex<std::collections::HashMap<u64, Vec<(Box<[Box<str>]>, T)>, NoHash>>,
+    map: Mutex<std::collections::HashMap<u64, Vec<Cached<T>>, NoHash>>,
 }
+
+/// Stored label values and their handles.
+type Cached<T> = (Box<[Box<str>]>, T);
 
 /// The keys are already hashes.
 #[derive(Default, Clone, Copy)]
