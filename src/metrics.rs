@@ -4,7 +4,7 @@
 //! has its own registry, so tests can run several gateways side by side. A test compares the
 //! exposition with the spec's list of names.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -70,6 +70,111 @@ pub struct Inner {
     pub pin_store_duration: HistogramVec,
     pub connections: IntGaugeVec,
     pub rejected_connections: IntCounterVec,
+    /// Series handles of finished turns, by label values (see [`SeriesCache`]).
+    turn_series: SeriesCache<TurnSeries>,
+    /// Pin series handles by cluster.
+    pin_series: SeriesCache<PinSeries>,
+}
+
+/// The series one finished turn touches.
+#[derive(Clone)]
+struct TurnSeries {
+    requests: IntCounter,
+    duration: Histogram,
+    upstream: Option<Histogram>,
+}
+
+/// The series pin creation touches for one cluster.
+#[derive(Clone)]
+struct PinSeries {
+    created: IntCounter,
+    live: IntGauge,
+}
+
+/// Most entries a [`SeriesCache`] keeps; beyond that, lookups go to the vectors directly. The
+/// label sets are bounded by the config (clusters × rules × inaction × status), so this is only
+/// reached after many reloads that rename things.
+const SERIES_CACHE_MAX: usize = 4096;
+
+/// Label values → metric handles, so a turn does not pay for `with_label_values` (an FNV hash of
+/// every label byte, a read lock and an `Arc` clone per metric) on every observation. Entries
+/// are found by a 64-bit hash of the label values and confirmed by comparing them, so a lookup
+/// allocates nothing. The handles are the vectors' own children (never removed from these
+/// vectors), so what they count is exactly what the exposition shows.
+struct SeriesCache<T> {
+    hasher: ahash::RandomState,
+    map: Mutex<std::collections::HashMap<u64, Vec<Cached<T>>, NoHash>>,
+}
+
+/// Stored label values and their handles.
+type Cached<T> = (Box<[Box<str>]>, T);
+
+/// The keys are already hashes.
+#[derive(Default, Clone, Copy)]
+struct NoHash;
+
+struct NoHasher(u64);
+
+impl std::hash::BuildHasher for NoHash {
+    type Hasher = NoHasher;
+    fn build_hasher(&self) -> NoHasher {
+        NoHasher(0)
+    }
+}
+
+impl std::hash::Hasher for NoHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl<T: Clone> SeriesCache<T> {
+    fn new() -> Self {
+        SeriesCache {
+            // Fixed keys: the hash only has to spread label sets this process builds itself.
+            hasher: ahash::RandomState::with_seeds(
+                0x6772_6179_6761_7465,
+                0x7365_7269_6573_0001,
+                0x0bad_cafe_f00d_d00d,
+                0x1234_5678_9abc_def0,
+            ),
+            map: Mutex::new(Default::default()),
+        }
+    }
+
+    /// The handles for `labels`, built by `make` on first use.
+    fn get(&self, labels: &[&str], make: impl FnOnce() -> T) -> T {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.hasher.build_hasher();
+        for l in labels {
+            h.write(l.as_bytes());
+            h.write_u8(0xff);
+        }
+        let key = h.finish();
+        let same = |stored: &[Box<str>]| {
+            stored.len() == labels.len() && stored.iter().zip(labels).all(|(a, b)| **a == **b)
+        };
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = map.get(&key) {
+            if let Some((_, t)) = list.iter().find(|(k, _)| same(k)) {
+                return t.clone();
+            }
+        }
+        let t = make();
+        if map.len() < SERIES_CACHE_MAX {
+            let stored: Box<[Box<str>]> = labels.iter().map(|l| Box::from(*l)).collect();
+            map.entry(key).or_default().push((stored, t.clone()));
+        }
+        t
+    }
 }
 
 impl std::ops::Deref for Metrics {
@@ -238,6 +343,8 @@ impl Metrics {
                 "Connections refused or cut",
                 &["reason"],
             ),
+            turn_series: SeriesCache::new(),
+            pin_series: SeriesCache::new(),
             registry: r,
         };
         // Make the zero-valued series visible from the start, so alerts and dashboards see them.
@@ -278,37 +385,56 @@ impl Metrics {
         }
     }
 
+    fn pin_series(&self, cluster: &str) -> PinSeries {
+        self.pin_series.get(&[cluster], || PinSeries {
+            created: self.pins_created.with_label_values(&[cluster]),
+            live: self.pins.with_label_values(&[cluster]),
+        })
+    }
+
     pub fn pin_created(&self, cluster: &str) {
-        self.pins_created.with_label_values(&[cluster]).inc();
-        self.pins.with_label_values(&[cluster]).inc();
+        let s = self.pin_series(cluster);
+        s.created.inc();
+        s.live.inc();
     }
 
     pub fn pin_released(&self, cluster: &str, reason: ReleaseReason) {
         self.pins_released
             .with_label_values(&[cluster, reason.as_str()])
             .inc();
-        self.pins.with_label_values(&[cluster]).dec();
+        self.pin_series(cluster).live.dec();
     }
 
     /// Record one finished dialog turn (or other request).
     pub fn observe(&self, rec: &TurnRecord) {
         let inaction = rec.inaction.map(|i| i.label()).unwrap_or("other");
-        let code = itoa::Buffer::new().format(rec.status).to_string();
-        self.requests
-            .with_label_values(&[
-                rec.cluster.as_deref().unwrap_or("-"),
-                rec.rule.as_deref().unwrap_or("-"),
-                inaction,
-                &code,
-            ])
-            .inc();
-        self.request_duration
-            .with_label_values(&[rec.cluster.as_deref().unwrap_or("-"), inaction])
-            .observe(rec.total.as_secs_f64());
-        if let (Some(c), Some(u)) = (rec.cluster.as_deref(), rec.upstream) {
-            self.upstream_duration
-                .with_label_values(&[c])
-                .observe(u.as_secs_f64());
+        let mut code = itoa::Buffer::new();
+        let code = code.format(rec.status);
+        let cluster = rec.cluster.as_deref();
+        let cluster_label = cluster.unwrap_or("-");
+        let rule = rec.rule.as_deref().unwrap_or("-");
+        // "" as the first label keeps a turn without a cluster apart from a cluster named "-".
+        let present = if cluster.is_some() { "c" } else { "" };
+        let s = self
+            .turn_series
+            .get(&[present, cluster_label, rule, inaction, code], || {
+                TurnSeries {
+                    requests: self.requests.with_label_values(&[
+                        cluster_label,
+                        rule,
+                        inaction,
+                        code,
+                    ]),
+                    duration: self
+                        .request_duration
+                        .with_label_values(&[cluster_label, inaction]),
+                    upstream: cluster.map(|c| self.upstream_duration.with_label_values(&[c])),
+                }
+            });
+        s.requests.inc();
+        s.duration.observe(rec.total.as_secs_f64());
+        if let (Some(h), Some(u)) = (&s.upstream, rec.upstream) {
+            h.observe(u.as_secs_f64());
         }
         if let Some(code) = rec.error_code {
             self.gateway_errors.with_label_values(&[code]).inc();

@@ -7,10 +7,7 @@ use crate::app::{App, StartError, StartOptions};
 
 pub fn run(common: &Common, args: ConfigArg) -> anyhow::Result<ExitCode> {
     let _guard = crate::telemetry::init(common.json_logs());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("graygate")
-        .build()?;
+    let rt = runtime()?;
     rt.block_on(async move {
         let app = match App::start(&args.config, StartOptions::default()).await {
             Ok(a) => a,
@@ -31,4 +28,21 @@ pub fn run(common: &Common, args: ConfigArg) -> anyhow::Result<ExitCode> {
         app.run(dialog, admin).await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The runtime for the CPUs this process may use (`available_parallelism` honours the CPU
+/// affinity mask, so `taskset -c 1 graygate` sees one). On one CPU a current-thread runtime
+/// serves every connection from the thread that polls the sockets: no hand-off between a worker
+/// and the I/O driver, no work-stealing bookkeeping, no cross-thread wake-ups. With more CPUs,
+/// one worker per CPU.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cpus);
+        b
+    };
+    builder.enable_all().thread_name("graygate").build()
 }

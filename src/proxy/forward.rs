@@ -1,8 +1,11 @@
 //! Forwarding one request to a cluster: pick an endpoint, send, classify the outcome, and try
 //! another endpoint of the same cluster only when the request never reached the first one.
 
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, Response, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -36,9 +39,14 @@ const HOP_BY_HOP: &[header::HeaderName] = &[
     header::PROXY_AUTHORIZATION,
 ];
 
+// Header names parsed once: a `&str` key is parsed and validated on every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 fn upstream_headers(src: &HeaderMap, peer: Peer, request_id: &str) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(src.len() + 3);
-    // Names listed in Connection are hop-by-hop too.
+    // Names listed in Connection are hop-by-hop too .
     let listed: Vec<String> = src
         .get_all(header::CONNECTION)
         .iter()
@@ -57,26 +65,51 @@ fn upstream_headers(src: &HeaderMap, peer: Peer, request_id: &str) -> HeaderMap 
         }
         h.append(name.clone(), value.clone());
     }
-    let ip = peer.addr.ip().to_string();
-    let xff = match src.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let xff = match src.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.addr.ip())).ok(),
+        None => Some(peer_ip_value(peer.addr.ip())),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
     }
-    if !src.contains_key("x-forwarded-proto") {
+    if !src.contains_key(&X_FORWARDED_PROTO) {
         h.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if peer.https { "https" } else { "http" }),
         );
     }
-    if !src.contains_key("x-request-id") {
+    if !src.contains_key(&X_REQUEST_ID) {
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert("x-request-id", v);
+            h.insert(X_REQUEST_ID, v);
         }
     }
     h
+}
+
+thread_local! {
+    /// The last client address seen on this thread and its header value: clients are few
+    /// (load balancers, IVR nodes) and keep their connections, so this saves formatting the
+    /// address and allocating the value on nearly every turn (a `HeaderValue` clone is a
+    /// reference count).
+    static PEER_IP: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `x-forwarded-for` for a request without one: the client's address.
+fn peer_ip_value(ip: IpAddr) -> HeaderValue {
+    PEER_IP.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if let Some((last, v)) = cached.as_ref() {
+            if *last == ip {
+                return v.clone();
+            }
+        }
+        let mut text = compact_str::CompactString::default();
+        let _ = write!(text, "{ip}");
+        let v = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
+        *cached = Some((ip, v.clone()));
+        v
+    })
 }
 
 /// Send to one endpoint of `pool`. `strict`: healthy endpoints only (new calls).
@@ -89,7 +122,13 @@ pub async fn send(
 ) -> Result<Response<Incoming>, GatewayError> {
     let state = pool.state.load_full();
     let deadline = Instant::now() + state.spec.timeout;
-    let headers = upstream_headers(&out.parts.headers, out.peer, out.request_id);
+    // Built once and moved into the first attempt; a retry (rare: the first endpoint was never
+    // reached) builds them again rather than every turn paying for a copy.
+    let mut headers = Some(upstream_headers(
+        &out.parts.headers,
+        out.peer,
+        out.request_id,
+    ));
     let pq = out.parts.uri.path_and_query().cloned();
     let mut body = Some(out.body);
     let mut tried: u64 = 0;
@@ -158,7 +197,9 @@ pub async fn send(
         let mut req = Request::new(req_body);
         *req.method_mut() = out.parts.method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = headers.clone();
+        *req.headers_mut() = headers
+            .take()
+            .unwrap_or_else(|| upstream_headers(&out.parts.headers, out.peer, out.request_id));
         let remaining = deadline.saturating_duration_since(Instant::now());
         let result = tokio::time::timeout(remaining, state.client.request(req)).await;
         rec.upstream = Some(upstream_start.elapsed());

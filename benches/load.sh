@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Side-by-side load run: graygate against the proxies an operator would otherwise run.
+#
+#   benches/load.sh                       # REPS=3 DUR=5s, default logging and metrics on
+#   REPS=5 DUR=10s benches/load.sh
+#   PIN_STORE=redis benches/load.sh       # hook for the shared pin store (see start_pin_store)
+#
+# What it does, all on loopback and bounded in time:
+#   1. builds graygate in release mode (NO_BUILD=1 skips it);
+#   2. starts the peers from benches/peers/ pinned to CPU $SERVER_CPU (default 1):
+#        :18080 :18085  nginx stub upstreams ("stable", "canary")
+#        :18081         nginx reverse proxy -> :18080
+#        :18082         haproxy reverse proxy -> :18080
+#        :18084         haproxy-gray: reads userid from the body, stick table, two backends
+#   3. starts graygate pinned to the same CPU on :18083 (admin :19090), clusters on the stubs,
+#      one vdn rule and a 10% split, default logging (JSON access log, one line per turn) and
+#      metrics on;
+#   4. runs wrk with dialog.lua pinned to CPU $WRK_CPU (default 0) against direct, nginx,
+#      haproxy, haproxy-gray and graygate, interleaved, REPS rounds of DUR each;
+#   5. prints one table (median of the rounds) and graygate's ratios; stops what it started.
+#
+# It installs nothing. Needs: wrk nginx haproxy taskset curl  (apt-get install -y wrk nginx haproxy)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+PEERS="$HERE/peers"
+REPS="${REPS:-3}"
+DUR="${DUR:-5s}"
+CONNS="${CONNS:-32}"
+WRK_CPU="${WRK_CPU:-0}"
+SERVER_CPU="${SERVER_CPU:-1}"
+PIN_STORE="${PIN_STORE:-memory}"   # memory | redis
+REDIS_PORT="${REDIS_PORT:-16379}"
+GG_PORT=18083
+GG_ADMIN=19090
+PORTS=(18080 18081 18082 18084 18085 "$GG_PORT" "$GG_ADMIN")
+
+# --- what is missing ----------------------------------------------------------------------
+missing=()
+for tool in wrk nginx haproxy taskset curl; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "$PIN_STORE" = redis ] && [ -z "${REDIS_URL:-}" ]; then
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "load.sh: missing: ${missing[*]}" >&2
+  pkgs="wrk nginx haproxy"
+  [ "$PIN_STORE" = redis ] && pkgs="$pkgs redis-server"
+  echo "install them with:  apt-get install -y $pkgs   (taskset: util-linux; curl: curl)" >&2
+  exit 1
+fi
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "${PORTS[@]}"; do
+  if port_busy "$p"; then
+    echo "load.sh: 127.0.0.1:$p is already in use (peers from ../shared/bench/start.sh still running?)" >&2
+    exit 1
+  fi
+done
+
+# --- build --------------------------------------------------------------------------------
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  echo "building graygate (release)..." >&2
+  (cd "$ROOT" && cargo build --release --bin graygate --quiet)
+fi
+GRAYGATE="${GRAYGATE:-$ROOT/target/release/graygate}"
+[ -x "$GRAYGATE" ] || { echo "load.sh: no binary at $GRAYGATE" >&2; exit 1; }
+
+# --- run directory and cleanup ------------------------------------------------------------
+RUN="$(mktemp -d /tmp/graygate-load.XXXXXX)"
+GG_PID=""
+REDIS_PID=""
+cleanup() {
+  set +e
+  [ -n "$GG_PID" ] && kill -TERM "$GG_PID" 2>/dev/null && wait "$GG_PID" 2>/dev/null
+  [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null
+  for f in "$RUN"/nginx-echo/nginx.pid "$RUN"/nginx-proxy/nginx.pid \
+           "$RUN"/haproxy/haproxy.pid "$RUN"/haproxy-gray/haproxy.pid; do
+    [ -s "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
+  done
+  if [ "${KEEP:-0}" = 1 ]; then echo "run files kept in $RUN" >&2; else rm -rf "$RUN"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- peers (same as ../shared/bench/start.sh, with a private run directory) ----------------
+mkdir -p "$RUN"/nginx-echo "$RUN"/nginx-proxy "$RUN"/haproxy "$RUN"/haproxy-gray
+for f in nginx-echo.conf nginx-proxy.conf haproxy.cfg haproxy-gray.cfg; do
+  sed "s#/tmp/benchpeers#$RUN#g" "$PEERS/$f" >"$RUN/$f"
+done
+nginx -t -q -p "$RUN/nginx-echo/" -e "$RUN/nginx-echo/error.log" -c "$RUN/nginx-echo.conf"
+nginx -t -q -p "$RUN/nginx-proxy/" -e "$RUN/nginx-proxy/error.log" -c "$RUN/nginx-proxy.conf"
+haproxy -c -q -f "$RUN/haproxy.cfg"
+haproxy -c -q -f "$RUN/haproxy-gray.cfg"
+taskset -c "$SERVER_CPU" nginx -p "$RUN/nginx-echo/" -e "$RUN/nginx-echo/error.log" -c "$RUN/nginx-echo.conf"
+taskset -c "$SERVER_CPU" nginx -p "$RUN/nginx-proxy/" -e "$RUN/nginx-proxy/error.log" -c "$RUN/nginx-proxy.conf"
+taskset -c "$SERVER_CPU" haproxy -f "$RUN/haproxy.cfg"
+taskset -c "$SERVER_CPU" haproxy -f "$RUN/haproxy-gray.cfg"
+
+# --- pin store hook -----------------------------------------------------------------------
+# Sets STORE_LINE, the `store:` line of routes.yaml's `pins:` section. `memory` is graygate's
+# default; `redis` starts a throwaway redis-server pinned like the servers (or uses $REDIS_URL),
+# for the shared pin store (`pins.store: redis://127.0.0.1:PORT/0`).
+start_pin_store() {
+  case "$PIN_STORE" in
+    memory) STORE_LINE="store: memory" ;;
+    redis)
+      if [ -z "${REDIS_URL:-}" ]; then
+        port_busy "$REDIS_PORT" && { echo "load.sh: 127.0.0.1:$REDIS_PORT is in use" >&2; exit 1; }
+        taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+          --save '' --appendonly no --daemonize no >"$RUN/redis.log" 2>&1 &
+        REDIS_PID=$!
+        REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+        for _ in $(seq 50); do port_busy "$REDIS_PORT" && break; sleep 0.1; done
+      fi
+      STORE_LINE="store: $REDIS_URL" ;;
+    *) echo "load.sh: PIN_STORE must be memory or redis" >&2; exit 2 ;;
+  esac
+}
+STORE_LINE=""
+start_pin_store
+
+# --- graygate -----------------------------------------------------------------------------
+cat >"$RUN/routes.yaml" <<EOF
+# load.sh: graygate in front of the nginx stubs, doing its whole job on every turn.
+listen: 127.0.0.1:$GG_PORT
+admin: 127.0.0.1:$GG_ADMIN
+clusters:
+  stable:
+    endpoints: ["http://127.0.0.1:18080"]
+  canary:
+    endpoints: ["http://127.0.0.1:18085"]
+pins:
+  $STORE_LINE
+rules:
+  # A tenant on its own cluster (the load's vdn 101 does not match it: every call is split).
+  - name: tenant-200
+    vdn: [200-299]
+    cluster: canary
+  - name: one-in-ten
+    split: { canary: 10, stable: 90 }
+default: stable
+EOF
+# Default logging: info level, JSON (stderr is not a terminal), one access-log line per turn.
+taskset -c "$SERVER_CPU" "$GRAYGATE" serve -c "$RUN/routes.yaml" 2>"$RUN/graygate.log" &
+GG_PID=$!
+for _ in $(seq 100); do
+  curl -fsS "http://127.0.0.1:$GG_ADMIN/readyz" >/dev/null 2>&1 && break
+  kill -0 "$GG_PID" 2>/dev/null || { echo "graygate exited:" >&2; tail -20 "$RUN/graygate.log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$GG_ADMIN/readyz" >/dev/null || { echo "graygate not ready" >&2; exit 1; }
+
+# --- load ---------------------------------------------------------------------------------
+TARGETS=(direct=http://127.0.0.1:18080 nginx=http://127.0.0.1:18081 haproxy=http://127.0.0.1:18082
+         haproxy-gray=http://127.0.0.1:18084 graygate=http://127.0.0.1:$GG_PORT)
+# wrk prints 812.00us / 1.51ms / 1.02s: microseconds for sorting.
+to_us() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
+
+echo "warm-up (1s each)..." >&2
+for t in "${TARGETS[@]}"; do
+  taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d1s -s "$PEERS/dialog.lua" "${t#*=}" >/dev/null 2>&1 || true
+done
+: >"$RUN/results"
+for r in $(seq 1 "$REPS"); do
+  for t in "${TARGETS[@]}"; do
+    name=${t%%=*}; url=${t#*=}
+    out=$(taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"$DUR" --latency -s "$PEERS/dialog.lua" "$url")
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    errs=$(awk '/^errors:/ { n = 0; for (i = 2; i <= NF; i++) { split($i, kv, "="); n += kv[2] } print n }' <<<"$out")
+    printf '%-13s round %d  req/s %-10s p50 %-9s p99 %-9s errors %s\n' "$name" "$r" "$rps" "$p50" "$p99" "${errs:-?}" >&2
+    echo "$name ${rps:-0} $(to_us "${p50:-0}") $(to_us "${p99:-0}") ${errs:-0}" >>"$RUN/results"
+    sleep 1
+  done
+done
+GG_RSS_KB=$(awk '/^VmRSS/ {print $2}' "/proc/$GG_PID/status" 2>/dev/null || echo 0)
+GG_PINS=$(curl -fsS "http://127.0.0.1:$GG_ADMIN/metrics" | awk '/^graygate_pins\{/ {s += $2} END {print s + 0}')
+
+# --- the table ----------------------------------------------------------------------------
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+declare -A RPS P50 P99 ERR
+for t in "${TARGETS[@]}"; do
+  n=${t%%=*}
+  RPS[$n]=$(awk -v n="$n" '$1 == n {print $2}' "$RUN/results" | median)
+  P50[$n]=$(awk -v n="$n" '$1 == n {print $3}' "$RUN/results" | median)
+  P99[$n]=$(awk -v n="$n" '$1 == n {print $4}' "$RUN/results" | median)
+  ERR[$n]=$(awk -v n="$n" '$1 == n {s += $5} END {print s + 0}' "$RUN/results")
+done
+echo
+echo "graygate load run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), wrk -t1 -c$CONNS on CPU $WRK_CPU, servers on CPU $SERVER_CPU, median of $REPS x $DUR, pins: $PIN_STORE"
+echo
+printf '| %-12s | %10s | %9s | %9s | %6s | %-22s |\n' target "req/s" "p50 ms" "p99 ms" errors "graygate req/s ratio"
+printf '|%s|%s|%s|%s|%s|%s|\n' -------------- ------------ ----------- ----------- -------- ------------------------
+for t in "${TARGETS[@]}"; do
+  n=${t%%=*}
+  ratio=$(awk -v g="${RPS[graygate]}" -v p="${RPS[$n]}" 'BEGIN { if (p > 0) printf "%.2fx", g / p; else print "-" }')
+  [ "$n" = graygate ] && ratio="-"
+  printf '| %-12s | %10.0f | %9.3f | %9.3f | %6s | %-22s |\n' "$n" "${RPS[$n]}" \
+    "$(awk -v u="${P50[$n]}" 'BEGIN { print u / 1000 }')" "$(awk -v u="${P99[$n]}" 'BEGIN { print u / 1000 }')" \
+    "${ERR[$n]}" "$ratio"
+done
+echo
+awk -v g="${RPS[graygate]}" -v hg="${RPS[haproxy-gray]}" -v ng="${RPS[nginx]}" -v d="${RPS[direct]}" \
+    -v gp="${P99[graygate]}" -v np="${P99[nginx]}" 'BEGIN {
+  printf "targets: req/s vs haproxy-gray %.2fx (>= 1.5: %s), vs nginx %.2fx (>= 1.25: %s), vs direct %.2fx (>= 0.45: %s)\n",
+    g / hg, (g / hg >= 1.5 ? "met" : "MISSED"), g / ng, (g / ng >= 1.25 ? "met" : "MISSED"), g / d, (g / d >= 0.45 ? "met" : "MISSED")
+  printf "         p99 graygate %.3f ms vs nginx %.3f ms (<=: %s)\n", gp / 1000, np / 1000, (gp <= np ? "met" : "MISSED")
+}'
+echo "graygate after the run: VmRSS $((GG_RSS_KB / 1024)) MB, live pins $GG_PINS, log $(wc -l <"$RUN/graygate.log") lines"
