@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use graygate::app::StartOptions;
+use graygate::config::sha256_hex;
 
 use crate::support::*;
 
@@ -202,10 +203,17 @@ async fn rollout(mode: Mode) {
         generation += 1;
         let g = generation;
         let applied = eventually(Duration::from_secs(10), || async {
-            admin_json(&c, &gw, "/admin/config").await["generation"] == g
+            // An in-place write may be seen half-written first: a truncated file that still
+            // parses is applied and then replaced by the whole one (two generations).
+            let cfg = admin_json(&c, &gw, "/admin/config").await;
+            cfg["generation"].as_u64().unwrap_or(0) >= g
+                && cfg["sha256"] == sha256_hex(text.as_bytes())
         })
         .await;
         assert!(applied, "{mode:?}: edit {k} was not applied");
+        generation = admin_json(&c, &gw, "/admin/config").await["generation"]
+            .as_u64()
+            .unwrap();
         let a = c.turn(&gw, Some(9), &format!("probe-{k}"), 8, None).await;
         assert_eq!(
             a.upstream(),
