@@ -33,6 +33,8 @@ mod resilience;
 /// short bodies, clients that stop reading (issue 9, acceptances 2 and 3).
 mod hostile;
 
+/// The fuzz corpora replayed through the fuzz targets' entry points (CI's fuzz smoke).
+mod fuzz_corpus;
 /// TLS to upstreams (test CA, wrong CA, server_name, client certificates, h2 by ALPN) and mTLS
 /// on the dialog listener (issue 9, acceptance 4).
 mod tls;
