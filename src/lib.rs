@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod app;
 pub mod backend;
+pub mod civil;
 pub mod cli;
 pub mod config;
 pub mod lifecycle;

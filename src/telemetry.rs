@@ -380,7 +380,7 @@ fn push_timestamp(s: &mut String, t: SystemTime) {
         let mut cached = cell.borrow_mut();
         if cached.0 != secs {
             let (days, rem) = (secs / 86_400, secs % 86_400);
-            let (y, m, day) = civil_from_days(days as i64);
+            let (y, m, day) = crate::civil::civil_from_days(days as i64);
             cached.1.clear();
             let _ = write!(
                 cached.1,
@@ -402,21 +402,6 @@ fn push_timestamp(s: &mut String, t: SystemTime) {
     }
     s.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
     s.push('Z');
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
