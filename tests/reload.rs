@@ -46,7 +46,11 @@ fn write_mode(mode: Mode, dir: &Path, text: &str, k: usize) {
 /// very edit is live.
 fn config(up: &[&Upstream; 3], k: usize) -> (String, &'static str) {
     let w = 10 + (k * 7) % 80;
-    let marker = if k % 2 == 0 { "canary" } else { "stable" };
+    let marker = if k.is_multiple_of(2) {
+        "canary"
+    } else {
+        "stable"
+    };
     let old_cluster = match k {
         0..=5 => format!("  old:\n    endpoints: [{}]\n", up[2].url()),
         6..=11 => format!(
@@ -60,7 +64,7 @@ fn config(up: &[&Upstream; 3], k: usize) -> (String, &'static str) {
     } else {
         ""
     };
-    let tenant = if k % 3 == 0 {
+    let tenant = if k.is_multiple_of(3) {
         "  - { name: tenant, vdn: [101], cluster: canary }\n"
     } else {
         ""
@@ -167,8 +171,8 @@ async fn rollout(mode: Mode) {
     let mut generation = 1;
     let mut failures = 0.0;
     let mut last_marker = ("probe-0".to_string(), "canary");
-    for k in 1..=17 {
-        if k % 4 == 0 {
+    for k in 1..=17usize {
+        if k.is_multiple_of(4) {
             // A broken file in between: rejected, the old config keeps serving.
             let bad = BROKEN[k % BROKEN.len()];
             write_mode(mode, gw.path.parent().unwrap(), bad, 1000 + k);
