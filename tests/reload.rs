@@ -177,10 +177,13 @@ async fn rollout(mode: Mode) {
             let bad = BROKEN[k % BROKEN.len()];
             write_mode(mode, gw.path.parent().unwrap(), bad, 1000 + k);
             failures += 1.0;
+            // An in-place write may also be seen empty or half-written first (another counted
+            // failure, cleared by the next success), so wait for this file's own error too.
             let ok = eventually(Duration::from_secs(10), || async {
                 gw.metric("graygate_config_reloads_total", &[("result", "failure")])
                     .await
                     >= failures
+                    && !admin_json(&c, &gw, "/admin/config").await["last_reload_error"].is_null()
             })
             .await;
             assert!(ok, "{mode:?}: broken file {k} was not reported");
