@@ -6,15 +6,17 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::upstream::conn::UpstreamBody;
 
 pub enum GatewayBody {
     /// A buffered answer (the gateway's own, or an upstream answer read to find `outaction`).
     Full(Full<Bytes>),
     /// An upstream answer streamed through unread.
-    Stream(Incoming),
+    Stream(UpstreamBody),
     /// An answer whose first part was read (it outgrew the peek bound) and whose rest streams.
-    Prefixed(Option<Bytes>, Incoming),
+    Prefixed(Option<Bytes>, UpstreamBody),
 }
 
 impl From<Bytes> for GatewayBody {
@@ -69,12 +71,12 @@ pub enum Peeked {
     /// The whole answer, buffered.
     Whole(Bytes),
     /// Too large to buffer: the part read, and the rest.
-    Partial(Bytes, Incoming),
+    Partial(Bytes, UpstreamBody),
 }
 
 /// Buffer an answer body up to `max` bytes.
 pub async fn peek(
-    mut body: Incoming,
+    mut body: UpstreamBody,
     declared: Option<u64>,
     max: usize,
 ) -> Result<Peeked, hyper::Error> {

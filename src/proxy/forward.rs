@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -14,6 +15,7 @@ use super::Peer;
 use crate::record::TurnRecord;
 use crate::respond::GatewayError;
 use crate::upstream::client::{ReqBody, UpstreamError};
+use crate::upstream::conn::{self, UpstreamBody};
 use crate::upstream::{ClusterPool, PickError};
 
 pub enum OutBody {
@@ -119,7 +121,7 @@ pub async fn send(
     userid: &str,
     strict: bool,
     rec: &mut TurnRecord,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<UpstreamBody>, GatewayError> {
     let state = pool.state.load_full();
     let deadline = Instant::now() + state.spec.timeout;
     // Built once and moved into the first attempt; a retry (rare: the first endpoint was never
@@ -181,13 +183,12 @@ pub async fn send(
             }
         };
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(if endpoint.https {
-            http::uri::Scheme::HTTPS
-        } else {
-            http::uri::Scheme::HTTP
-        });
-        uri.authority = endpoint.authority.clone();
-        uri.path_and_query = pq.clone();
+        if endpoint.https {
+            // The general client wants the absolute form; it sends the origin form.
+            uri.scheme = Some(http::uri::Scheme::HTTPS);
+            uri.authority = endpoint.authority.clone();
+        }
+        uri.path_and_query = Some(pq.clone().unwrap_or_else(|| PathAndQuery::from_static("/")));
         let Ok(uri) = Uri::from_parts(uri) else {
             return Err(GatewayError::Upstream(format!(
                 "cannot build a URI for endpoint {}",
@@ -200,8 +201,32 @@ pub async fn send(
         *req.headers_mut() = headers
             .take()
             .unwrap_or_else(|| upstream_headers(&out.parts.headers, out.peer, out.request_id));
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(a) = &endpoint.authority {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+            }
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let result = tokio::time::timeout(remaining, state.client.request(req)).await;
+        let result = if endpoint.https {
+            tokio::time::timeout(remaining, async {
+                match state.client.request(req).await {
+                    Ok(resp) => Ok(resp.map(UpstreamBody::from)),
+                    Err(e) => Err(UpstreamError::classify(&endpoint.url, e)),
+                }
+            })
+            .await
+        } else {
+            let send = conn::send(
+                &endpoint.conns,
+                &endpoint.url,
+                &endpoint.connect_to,
+                state.spec.connect_timeout,
+                req,
+            );
+            tokio::time::timeout(remaining, send).await
+        };
         rec.upstream = Some(upstream_start.elapsed());
         let err = match result {
             Ok(Ok(resp)) => {
@@ -214,7 +239,7 @@ pub async fn send(
                 drop(guard);
                 return Ok(resp);
             }
-            Ok(Err(e)) => UpstreamError::classify(&endpoint.url, e),
+            Ok(Err(e)) => e,
             Err(_) => UpstreamError::Timeout {
                 endpoint: endpoint.url.clone(),
                 timeout: state.spec.timeout,

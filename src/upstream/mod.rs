@@ -9,6 +9,7 @@
 
 pub mod balance;
 pub mod client;
+pub mod conn;
 pub mod embedded;
 pub mod health;
 pub mod pool;

@@ -23,6 +23,11 @@ pub struct Endpoint {
     pub https: bool,
     /// Scheme and authority for building request URIs (parsed once).
     pub authority: Option<http::uri::Authority>,
+    /// `host:port` to connect to (port 80 when the URL has none), for plain `http://`.
+    pub connect_to: Arc<str>,
+    /// Idle keep-alive connections (plain `http://` only), kept with the endpoint across
+    /// reloads.
+    pub conns: Arc<super::conn::Conns>,
     /// Rendezvous seed for `userid_hash`.
     pub seed: u64,
     inflight: AtomicU32,
@@ -43,13 +48,20 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn new(url: &str, https: bool) -> Self {
+        let authority = url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().cloned());
+        let connect_to = match &authority {
+            Some(a) => format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)),
+            None => String::new(),
+        };
         Endpoint {
             url: Arc::from(url),
             https,
-            authority: url
-                .parse::<http::Uri>()
-                .ok()
-                .and_then(|u| u.authority().cloned()),
+            authority,
+            connect_to: Arc::from(connect_to),
+            conns: Arc::default(),
             seed: crate::router::split::seed("endpoint", url),
             inflight: AtomicU32::new(0),
             checked_healthy: AtomicBool::new(true),
