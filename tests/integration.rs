@@ -38,3 +38,6 @@ mod fuzz_corpus;
 /// TLS to upstreams (test CA, wrong CA, server_name, client certificates, h2 by ALPN) and mTLS
 /// on the dialog listener (issue 9, acceptance 4).
 mod tls;
+/// Keep-alive connections to plain-http endpoints: reuse, return after every answer shape,
+/// no reuse of a half-read answer, idle connections the server closed.
+mod upstream_conns;
