@@ -137,22 +137,27 @@ pub const DECISION_HEADER: &str = "x-graygate-route";
 /// building a JSON tree. `None` when absent or unreadable.
 pub fn peek_outaction(body: &[u8]) -> Option<Outaction> {
     use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Option<i64>;
+    /// Sets `found` at the top-level `outaction` key and stops there: the rest of the answer
+    /// (usually the larger part, `outparams`) is not parsed. serde_json checks that a map was
+    /// read to its `}` once the visitor returns, so the early stop is an error that carries
+    /// nothing; `found` holds the answer.
+    struct V<'a> {
+        found: &'a mut Option<Option<i64>>,
+    }
+    impl<'de> Visitor<'de> for V<'_> {
+        type Value = ();
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("an object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Option<i64>, A::Error> {
-            let mut out = None;
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
             while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
                 if k == "outaction" {
-                    out = m.next_value::<NumOrStr>()?.0;
-                } else {
-                    m.next_value::<IgnoredAny>()?;
+                    *self.found = Some(m.next_value::<NumOrStr>()?.0);
+                    return Err(de::Error::custom("stop: outaction found"));
                 }
+                m.next_value::<IgnoredAny>()?;
             }
-            Ok(out)
+            Ok(())
         }
     }
     struct NumOrStr(Option<i64>);
@@ -186,11 +191,10 @@ pub fn peek_outaction(body: &[u8]) -> Option<Outaction> {
             d.deserialize_any(N)
         }
     }
+    let mut found = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    de::Deserializer::deserialize_map(&mut de, V)
-        .ok()
-        .flatten()
-        .map(Outaction)
+    let _ = de::Deserializer::deserialize_map(&mut de, V { found: &mut found });
+    found.flatten().map(Outaction)
 }
 
 #[cfg(test)]
@@ -240,5 +244,22 @@ mod tests {
         );
         assert_eq!(peek_outaction(br#"{"ret":0}"#), None);
         assert_eq!(peek_outaction(b"not json"), None);
+        // Only the top level counts; a nested `outaction` is part of the answer's data.
+        assert_eq!(
+            peek_outaction(br#"{"outparams":{"outaction":10},"outaction":9}"#),
+            Some(Outaction(9))
+        );
+        assert_eq!(peek_outaction(br#"{"outparams":{"outaction":10}}"#), None);
+        // A key inside a string is not a key.
+        assert_eq!(
+            peek_outaction(br#"{"retmsg":"\"outaction\":10","outaction":9}"#),
+            Some(Outaction(9))
+        );
+        // Found before the answer breaks off: the ODFS said it; the rest is not the gateway's
+        // to judge (the client gets the answer as it is).
+        assert_eq!(
+            peek_outaction(br#"{"ret":0,"outaction":10,"outparams":{"#),
+            Some(Outaction(10))
+        );
     }
 }
