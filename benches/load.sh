@@ -3,7 +3,10 @@
 #
 #   benches/load.sh                       # REPS=3 DUR=5s, default logging and metrics on
 #   REPS=5 DUR=10s benches/load.sh
-#   PIN_STORE=redis benches/load.sh       # hook for the shared pin store (see start_pin_store)
+#   PIN_STORE=redis benches/load.sh       # graygate with the Redis pin store instead of memory
+#   PIN_STORE=both benches/load.sh        # the redis mode (issue 8): a second graygate with the
+#                                         # Redis store as one more target of the same run
+#   ONLY=graygate PIN_STORE=both benches/load.sh   # just the two graygates (benches/redis-mode.sh)
 #
 # What it does, all on loopback and bounded in time:
 #   1. builds graygate in release mode (NO_BUILD=1 skips it);
@@ -30,24 +33,27 @@ DUR="${DUR:-5s}"
 CONNS="${CONNS:-32}"
 WRK_CPU="${WRK_CPU:-0}"
 SERVER_CPU="${SERVER_CPU:-1}"
-PIN_STORE="${PIN_STORE:-memory}"   # memory | redis
+PIN_STORE="${PIN_STORE:-memory}"   # memory | redis | both
+ONLY="${ONLY:-}"                     # graygate: skip the peers' rounds (direct stays, for scale)
 REDIS_PORT="${REDIS_PORT:-16379}"
 GG_PORT=18083
 GG_ADMIN=19090
-PORTS=(18080 18081 18082 18084 18085 "$GG_PORT" "$GG_ADMIN")
+GGR_PORT=18086                     # PIN_STORE=both: the Redis-store graygate
+GGR_ADMIN=19091
+PORTS=(18080 18081 18082 18084 18085 "$GG_PORT" "$GG_ADMIN" "$GGR_PORT" "$GGR_ADMIN")
 
 # --- what is missing ----------------------------------------------------------------------
 missing=()
 for tool in wrk nginx haproxy taskset curl; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
-if [ "$PIN_STORE" = redis ] && [ -z "${REDIS_URL:-}" ]; then
+if [ "$PIN_STORE" != memory ] && [ -z "${REDIS_URL:-}" ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "load.sh: missing: ${missing[*]}" >&2
   pkgs="wrk nginx haproxy"
-  [ "$PIN_STORE" = redis ] && pkgs="$pkgs redis-server"
+  [ "$PIN_STORE" != memory ] && pkgs="$pkgs redis-server"
   echo "install them with:  apt-get install -y $pkgs   (taskset: util-linux; curl: curl)" >&2
   exit 1
 fi
@@ -71,10 +77,12 @@ GRAYGATE="${GRAYGATE:-$ROOT/target/release/graygate}"
 # --- run directory and cleanup ------------------------------------------------------------
 RUN="$(mktemp -d /tmp/graygate-load.XXXXXX)"
 GG_PID=""
+GGR_PID=""
 REDIS_PID=""
 cleanup() {
   set +e
   [ -n "$GG_PID" ] && kill -TERM "$GG_PID" 2>/dev/null && wait "$GG_PID" 2>/dev/null
+  [ -n "$GGR_PID" ] && kill -TERM "$GGR_PID" 2>/dev/null && wait "$GGR_PID" 2>/dev/null
   [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null
   for f in "$RUN"/nginx-echo/nginx.pid "$RUN"/nginx-proxy/nginx.pid \
            "$RUN"/haproxy/haproxy.pid "$RUN"/haproxy-gray/haproxy.pid; do
@@ -106,7 +114,7 @@ taskset -c "$SERVER_CPU" haproxy -f "$RUN/haproxy-gray.cfg"
 start_pin_store() {
   case "$PIN_STORE" in
     memory) STORE_LINE="store: memory" ;;
-    redis)
+    redis | both)
       if [ -z "${REDIS_URL:-}" ]; then
         port_busy "$REDIS_PORT" && { echo "load.sh: 127.0.0.1:$REDIS_PORT is in use" >&2; exit 1; }
         taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
@@ -115,25 +123,29 @@ start_pin_store() {
         REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
         for _ in $(seq 50); do port_busy "$REDIS_PORT" && break; sleep 0.1; done
       fi
-      STORE_LINE="store: $REDIS_URL" ;;
-    *) echo "load.sh: PIN_STORE must be memory or redis" >&2; exit 2 ;;
+      STORE_LINE="store: $REDIS_URL"
+      if [ "$PIN_STORE" = both ]; then STORE_LINE="store: memory"; REDIS_STORE_LINE="store: $REDIS_URL"; fi ;;
+    *) echo "load.sh: PIN_STORE must be memory, redis or both" >&2; exit 2 ;;
   esac
 }
 STORE_LINE=""
+REDIS_STORE_LINE=""
 start_pin_store
 
 # --- graygate -----------------------------------------------------------------------------
-cat >"$RUN/routes.yaml" <<EOF
+# routes PORT ADMIN STORE_LINE
+routes() {
+cat <<EOF
 # load.sh: graygate in front of the nginx stubs, doing its whole job on every turn.
-listen: 127.0.0.1:$GG_PORT
-admin: 127.0.0.1:$GG_ADMIN
+listen: 127.0.0.1:$1
+admin: 127.0.0.1:$2
 clusters:
   stable:
     endpoints: ["http://127.0.0.1:18080"]
   canary:
     endpoints: ["http://127.0.0.1:18085"]
 pins:
-  $STORE_LINE
+  $3
 rules:
   # A tenant on its own cluster (the load's vdn 101 does not match it: every call is split).
   - name: tenant-200
@@ -143,6 +155,8 @@ rules:
     split: { canary: 10, stable: 90 }
 default: stable
 EOF
+}
+routes "$GG_PORT" "$GG_ADMIN" "$STORE_LINE" >"$RUN/routes.yaml"
 # Default logging: info level, JSON (stderr is not a terminal), one access-log line per turn.
 taskset -c "$SERVER_CPU" "$GRAYGATE" serve -c "$RUN/routes.yaml" 2>"$RUN/graygate.log" &
 GG_PID=$!
@@ -152,10 +166,22 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 curl -fsS "http://127.0.0.1:$GG_ADMIN/readyz" >/dev/null || { echo "graygate not ready" >&2; exit 1; }
+if [ "$PIN_STORE" = both ]; then
+  routes "$GGR_PORT" "$GGR_ADMIN" "$REDIS_STORE_LINE" >"$RUN/routes-redis.yaml"
+  taskset -c "$SERVER_CPU" "$GRAYGATE" serve -c "$RUN/routes-redis.yaml" 2>"$RUN/graygate-redis.log" &
+  GGR_PID=$!
+  for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$GGR_ADMIN/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fsS "http://127.0.0.1:$GGR_ADMIN/readyz" >/dev/null || { echo "graygate (redis) not ready" >&2; exit 1; }
+fi
 
 # --- load ---------------------------------------------------------------------------------
 TARGETS=(direct=http://127.0.0.1:18080 nginx=http://127.0.0.1:18081 haproxy=http://127.0.0.1:18082
          haproxy-gray=http://127.0.0.1:18084 graygate=http://127.0.0.1:$GG_PORT)
+[ "$ONLY" = graygate ] && TARGETS=(direct=http://127.0.0.1:18080 graygate=http://127.0.0.1:$GG_PORT)
+[ "$PIN_STORE" = both ] && TARGETS+=(graygate-redis=http://127.0.0.1:$GGR_PORT)
 # wrk prints 812.00us / 1.51ms / 1.02s: microseconds for sorting.
 to_us() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
 
@@ -190,20 +216,30 @@ for t in "${TARGETS[@]}"; do
   P99[$n]=$(awk -v n="$n" '$1 == n {print $4}' "$RUN/results" | median)
   ERR[$n]=$(awk -v n="$n" '$1 == n {s += $5} END {print s + 0}' "$RUN/results")
 done
+pins_desc=$PIN_STORE
+[ "$PIN_STORE" = both ] && pins_desc="memory (graygate), redis (graygate-redis)"
 echo
-echo "graygate load run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), wrk -t1 -c$CONNS on CPU $WRK_CPU, servers on CPU $SERVER_CPU, median of $REPS x $DUR, pins: $PIN_STORE"
+echo "graygate load run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), wrk -t1 -c$CONNS on CPU $WRK_CPU, servers on CPU $SERVER_CPU, median of $REPS x $DUR, pins: $pins_desc"
 echo
-printf '| %-12s | %10s | %9s | %9s | %6s | %-22s |\n' target "req/s" "p50 ms" "p99 ms" errors "graygate req/s ratio"
-printf '|%s|%s|%s|%s|%s|%s|\n' -------------- ------------ ----------- ----------- -------- ------------------------
+printf '| %-14s | %10s | %9s | %9s | %6s | %-22s |\n' target "req/s" "p50 ms" "p99 ms" errors "graygate req/s ratio"
+printf '|%s|%s|%s|%s|%s|%s|\n' ---------------- ------------ ----------- ----------- -------- ------------------------
 for t in "${TARGETS[@]}"; do
   n=${t%%=*}
   ratio=$(awk -v g="${RPS[graygate]}" -v p="${RPS[$n]}" 'BEGIN { if (p > 0) printf "%.2fx", g / p; else print "-" }')
-  [ "$n" = graygate ] && ratio="-"
-  printf '| %-12s | %10.0f | %9.3f | %9.3f | %6s | %-22s |\n' "$n" "${RPS[$n]}" \
+  [ "$n" = graygate ] || [ "$n" = graygate-redis ] && ratio="-"
+  printf '| %-14s | %10.0f | %9.3f | %9.3f | %6s | %-22s |\n' "$n" "${RPS[$n]}" \
     "$(awk -v u="${P50[$n]}" 'BEGIN { print u / 1000 }')" "$(awk -v u="${P99[$n]}" 'BEGIN { print u / 1000 }')" \
     "${ERR[$n]}" "$ratio"
 done
 echo
+if [ "$PIN_STORE" = both ]; then
+  awk -v m="${RPS[graygate]}" -v r="${RPS[graygate-redis]}" -v mp="${P99[graygate]}" -v rp="${P99[graygate-redis]}" 'BEGIN {
+    printf "redis store: req/s %.2fx memory (>= 0.6: %s), p99 %.2fx memory (< 2: %s)\n",
+      r / m, (r / m >= 0.6 ? "met" : "MISSED"), rp / mp, (rp / mp < 2 ? "met" : "MISSED")
+  }'
+  echo "redis store errors: $(curl -fsS "http://127.0.0.1:$GGR_ADMIN/metrics" | awk '/^graygate_pin_store_errors_total/ {s += $2} END {print s + 0}')"
+fi
+[ "$ONLY" = graygate ] && exit 0
 awk -v g="${RPS[graygate]}" -v hg="${RPS[haproxy-gray]}" -v ng="${RPS[nginx]}" -v d="${RPS[direct]}" \
     -v gp="${P99[graygate]}" -v np="${P99[nginx]}" 'BEGIN {
   printf "targets: req/s vs haproxy-gray %.2fx (>= 1.5: %s), vs nginx %.2fx (>= 1.25: %s), vs direct %.2fx (>= 0.45: %s)\n",
