@@ -765,3 +765,56 @@ default: a
     let chain = yaml.replace("fallback: a }", "fallback: null }");
     assert!(graygate::config::load_str(&chain, "routes.yaml", path).is_ok());
 }
+
+/// A new call whose cluster's endpoints all refuse the connection before any of them is marked
+/// down goes to the fallback (the request reached nothing, the call has no pin yet); a pinned
+/// call never does, and a cluster without a fallback answers 502 as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_new_calls_use_the_fallback_before_the_endpoints_are_marked_down() {
+    let dead = |_: ()| async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        a
+    };
+    let (d1, d2) = (dead(()).await, dead(()).await);
+    let stable = Upstream::start("stable").await;
+    // consecutive_failures high and no health check: the dead endpoints stay "healthy".
+    let yaml = format!(
+        "clusters:\n  canary:\n    endpoints: [http://{d1}, http://{d2}]\n    outlier: {{ consecutive_failures: 1000 }}\n    fallback: stable\n  stable:\n    endpoints: [{}]\nrules:\n  - name: all-canary\n    vdn: [1]\n    cluster: canary\ndefault: stable\ndecision_header: true\n",
+        stable.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = Client::new();
+    for i in 0..3 {
+        let a = c.turn(&gw, Some(1), &format!("fb{i}"), 8, None).await;
+        assert_eq!(a.status, 200, "new call {i} reached its fallback");
+        assert_eq!(a.upstream(), Some("stable"));
+        let route = a.header("x-graygate-route").unwrap_or_default().to_string();
+        assert!(route.contains("fallback=canary"), "{route}");
+        // Its later turns stay where it started: on the fallback.
+        let b = c.turn(&gw, Some(1), &format!("fb{i}"), 9, Some("1")).await;
+        assert_eq!(b.status, 200);
+        assert_eq!(b.upstream(), Some("stable"));
+    }
+    assert_eq!(stable.count(), 6);
+    assert_eq!(
+        gw.metric(
+            "graygate_fallbacks_total",
+            &[("from", "canary"), ("to", "stable")]
+        )
+        .await,
+        3.0
+    );
+
+    // No fallback configured: the same failure is a 502.
+    let yaml = format!(
+        "clusters:\n  canary:\n    endpoints: [http://{d1}, http://{d2}]\n    outlier: {{ consecutive_failures: 1000 }}\n  stable:\n    endpoints: [{}]\nrules:\n  - name: all-canary\n    vdn: [1]\n    cluster: canary\ndefault: stable\n",
+        stable.url()
+    );
+    let gw2 = Gateway::start(&yaml).await;
+    let a = c.turn(&gw2, Some(1), "nofb", 8, None).await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["errorCode"], "GW.UPSTREAM");
+    assert_eq!(stable.count(), 6, "nothing went elsewhere");
+}

@@ -114,6 +114,27 @@ fn peer_ip_value(ip: IpAddr) -> HeaderValue {
     })
 }
 
+/// Why a request could not be forwarded, and whether it is certain that no endpoint saw it
+/// (then a new call may still go to its cluster's fallback).
+pub struct Failed {
+    pub error: GatewayError,
+    /// Every endpoint tried was unreachable (or none was up): the request left nothing behind.
+    pub unreachable: bool,
+}
+
+impl From<Failed> for GatewayError {
+    fn from(f: Failed) -> Self {
+        f.error
+    }
+}
+
+fn failed(error: GatewayError) -> Failed {
+    Failed {
+        error,
+        unreachable: false,
+    }
+}
+
 /// Send to one endpoint of `pool`. `strict`: healthy endpoints only (new calls).
 pub async fn send(
     pool: &ClusterPool,
@@ -121,7 +142,7 @@ pub async fn send(
     userid: &str,
     strict: bool,
     rec: &mut TurnRecord,
-) -> Result<Response<UpstreamBody>, GatewayError> {
+) -> Result<Response<UpstreamBody>, Failed> {
     let state = pool.state.load_full();
     let deadline = Instant::now() + state.spec.timeout;
     // Built once and moved into the first attempt; a retry (rare: the first endpoint was never
@@ -143,8 +164,13 @@ pub async fn send(
         let (i, guard) = match pool.pick(&state, userid, tried, strict) {
             Ok(x) => x,
             Err(why) => {
-                // Out of endpoints to try: report the last real error if there was one.
-                return Err(match last_err {
+                // Out of endpoints to try: report the last real error if there was one. Only
+                // unreached endpoints are tried again, so `last_err` says for all of them.
+                let unreachable = match &last_err {
+                    Some(e) => !e.reached_endpoint(),
+                    None => why == PickError::NoneHealthy,
+                };
+                let error = match last_err {
                     Some(e) if all_marked_down && !e.reached_endpoint() => {
                         GatewayError::NoUpstream(format!(
                             "cluster `{}` has no healthy endpoint and none could be reached ({e})",
@@ -161,7 +187,8 @@ pub async fn send(
                             format!("cluster `{}` has no healthy endpoint", pool.name)
                         }
                     }),
-                });
+                };
+                return Err(Failed { error, unreachable });
             }
         };
         if i < 64 {
@@ -176,10 +203,12 @@ pub async fn send(
             }
             Some(OutBody::Stream(s)) => ReqBody::Stream(s),
             None => {
-                return Err(to_gateway(last_err.unwrap_or(UpstreamError::NoUpstream {
-                    cluster: pool.name.clone(),
-                    why: "body already sent",
-                })))
+                return Err(failed(to_gateway(last_err.unwrap_or(
+                    UpstreamError::NoUpstream {
+                        cluster: pool.name.clone(),
+                        why: "body already sent",
+                    },
+                ))))
             }
         };
         let mut uri = http::uri::Parts::default();
@@ -190,10 +219,10 @@ pub async fn send(
         }
         uri.path_and_query = Some(pq.clone().unwrap_or_else(|| PathAndQuery::from_static("/")));
         let Ok(uri) = Uri::from_parts(uri) else {
-            return Err(GatewayError::Upstream(format!(
+            return Err(failed(GatewayError::Upstream(format!(
                 "cannot build a URI for endpoint {}",
                 endpoint.url
-            )));
+            ))));
         };
         let mut req = Request::new(req_body);
         *req.method_mut() = out.parts.method.clone();
@@ -252,7 +281,13 @@ pub async fn send(
             && matches!(body, Some(OutBody::Full(_)))
             && Instant::now() < deadline;
         if !retry {
-            return Err(to_gateway(err));
+            // A streamed body cannot be sent again anywhere: only a probed one counts as
+            // left behind intact.
+            let unreachable = !err.reached_endpoint() && matches!(body, Some(OutBody::Full(_)));
+            return Err(Failed {
+                error: to_gateway(err),
+                unreachable,
+            });
         }
         last_err = Some(err);
     }

@@ -199,7 +199,8 @@ impl Proxy {
 
         // Pinned? Follow the pin, whatever the rules say now.
         let pin = self.pins.get(&turn.userid, snap.pins.idle_ttl).await;
-        let (pool, kind, rule_id, strict) = match pin {
+        // `picked`: the cluster index the rules chose for a new call (for its fallback).
+        let (mut pool, kind, rule_id, strict, picked) = match pin {
             Some(p) => {
                 rec.rule = Some(names::name(p.rule));
                 let pool = self.upstreams.get(p.cluster);
@@ -210,7 +211,7 @@ impl Proxy {
                         names::name(p.cluster)
                     )));
                 };
-                (pool, PinKind::Kept, p.rule, false)
+                (pool, PinKind::Kept, p.rule, false, None)
             }
             None => {
                 let kind = if turn.inaction.starts_call() {
@@ -259,7 +260,7 @@ impl Proxy {
                 rec.rule = Some(snap.routing.rule_arc(d.rule));
                 rec.cluster = Some(pool.name.clone());
                 let rule_id = snap.rule_id(d.rule);
-                (pool, kind, rule_id, true)
+                (pool, kind, rule_id, true, Some(cluster))
             }
         };
         rec.pin = Some(kind.as_str());
@@ -267,11 +268,40 @@ impl Proxy {
         let request_id = rec.request_id.clone();
         let out = forward::Outgoing {
             parts: &parts,
-            body: forward::OutBody::Full(bytes),
+            body: forward::OutBody::Full(bytes.clone()),
             peer,
             request_id: &request_id,
         };
-        let answer = forward::send(&pool, out, &turn.userid, strict, rec).await?;
+        let answer = match forward::send(&pool, out, &turn.userid, strict, rec).await {
+            Ok(a) => a,
+            // A new call that no endpoint of its cluster could take, the request untouched:
+            // its cluster is down in fact if not yet in the books, so the fallback applies
+            // (once; the fallback's own failure is the answer).
+            Err(f) if f.unreachable && kind == PinKind::New && rec.fallback_from.is_none() => {
+                let fb = picked
+                    .and_then(|c| snap.routing.fallback.get(c).copied().flatten())
+                    .and_then(|fb| snap.pools.get(fb).cloned());
+                let Some(fb_pool) = fb else {
+                    return Err(f.error);
+                };
+                self.metrics
+                    .fallbacks
+                    .with_label_values(&[&pool.name, &fb_pool.name])
+                    .inc();
+                tracing::warn!(from = %pool.name, to = %fb_pool.name, "no endpoint could be reached for a new call; sending it to the fallback cluster");
+                rec.fallback_from = Some(pool.name.clone());
+                rec.cluster = Some(fb_pool.name.clone());
+                pool = fb_pool;
+                let out = forward::Outgoing {
+                    parts: &parts,
+                    body: forward::OutBody::Full(bytes),
+                    peer,
+                    request_id: &request_id,
+                };
+                forward::send(&pool, out, &turn.userid, strict, rec).await?
+            }
+            Err(f) => return Err(f.error),
+        };
         let status = answer.status().as_u16();
         let (head, incoming) = answer.into_parts();
         // Read the answer (bounded) to see the end of a call.
