@@ -143,6 +143,13 @@ async fn sequential_turns_share_one_upstream_connection() {
         1,
         "20 turns in a row over one kept connection"
     );
+    // The operator sees it waiting in /admin/config.
+    let cfg = c
+        .request("GET", &gw.admin_url("/admin/config"), &[], "")
+        .await
+        .json();
+    let ep = &cfg["clusters"][0]["endpoints"][0];
+    assert_eq!(ep["idle_connections"], 1, "{ep}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -404,6 +404,8 @@ impl ClusterPool {
                     "checked_healthy": e.checked_healthy(),
                     "ejected_for_ms": ejected_ms,
                     "inflight": e.inflight(),
+                    // Kept-alive connections waiting for a turn (plain http:// only).
+                    "idle_connections": e.conns.idle_count(),
                     "reason": e.reason(now),
                 })
             })
