@@ -260,3 +260,46 @@ async fn an_answer_dropped_half_read_does_not_leave_its_connection_in_the_pool()
         "the half-read connection was closed, not reused"
     );
 }
+
+/// An endpoint that swallows SYNs (its accept queue is full) under a burst of new calls: every
+/// call is served by the other endpoint, within the cluster's timeout, none is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_swallows_connects_does_not_fail_a_burst() {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    sock.bind(&any.into()).unwrap();
+    sock.listen(0).unwrap();
+    let hole = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&hole, Duration::from_millis(200)) {
+            Ok(s) => fill.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        std::net::TcpStream::connect_timeout(&hole, Duration::from_millis(300)).is_err(),
+        "the blackhole accepted a connection: this kernel does not drop SYNs at a full queue"
+    );
+    let live = Raw::start(Mode::KeepAlive).await;
+    let yaml = format!(
+        "clusters:\n  stable:\n    endpoints: [http://{hole}, {}]\n    balance: round_robin\n    connect_timeout: 300ms\n    timeout: 5s\n    outlier: {{ consecutive_failures: 100000 }}\ndefault: stable\n",
+        live.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = Arc::new(Client::new());
+    let mut tasks = Vec::new();
+    for k in 0..100 {
+        let (c, url) = (c.clone(), gw.url(&dialog_path(Some(1))));
+        tasks.push(tokio::spawn(async move {
+            c.post(&url, turn_body(&format!("hole{k}"), 8, None))
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(live.answered.load(Ordering::SeqCst), 100);
+    drop(fill);
+}

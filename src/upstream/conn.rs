@@ -35,6 +35,13 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// How long a returned connection may take to become ready for its next request before it is
 /// given up (it normally is ready at once).
 const READY_WAIT: Duration = Duration::from_secs(5);
+/// Connects in progress per endpoint. A burst of turns with no idle connection (start-up, a
+/// reload that sends traffic to a new endpoint) opens this many at a time; the others wait for
+/// the first connection to come back or a connect to finish, as a browser or hyper's own pool
+/// would. An unbounded burst of SYNs overflows the endpoint's accept queue, and a dropped SYN
+/// costs a whole second (the first retransmission), which is a failed turn at the default
+/// `connect_timeout`.
+pub const MAX_CONNECTING: usize = 32;
 
 struct IdleConn {
     tx: SendRequest<ReqBody>,
@@ -42,10 +49,23 @@ struct IdleConn {
 }
 
 /// The idle connections of one endpoint.
-#[derive(Default)]
 pub struct Conns {
     /// Back = most recently returned. The lock is held for a push or a pop, never across I/O.
     idle: Mutex<VecDeque<IdleConn>>,
+    /// Slots for connects in progress ([`MAX_CONNECTING`]).
+    connecting: tokio::sync::Semaphore,
+    /// Wakes a turn waiting for a connection: one was returned or a connect slot freed.
+    available: tokio::sync::Notify,
+}
+
+impl Default for Conns {
+    fn default() -> Self {
+        Conns {
+            idle: Mutex::default(),
+            connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
+            available: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Conns {
@@ -106,33 +126,78 @@ impl Conns {
             tx,
             since: Instant::now(),
         });
+        drop(q);
+        self.available.notify_one();
+    }
+
+    /// An idle connection, or a freshly opened one, or (when [`MAX_CONNECTING`] connects are
+    /// already under way) the first of those to become free. `Ok(kept)` says whether the
+    /// connection was idle in the pool (it may have been closed under us) or is new.
+    async fn checkout(
+        &self,
+        endpoint: &Arc<str>,
+        authority: &str,
+        connect_timeout: Duration,
+    ) -> Result<(SendRequest<ReqBody>, bool), UpstreamError> {
+        // Waiting for a connection counts against `connect_timeout` like connecting does: an
+        // endpoint that swallows SYNs must not hold turns longer than one connect would, so
+        // that they can still try another endpoint within the cluster's timeout.
+        let give_up = Instant::now() + connect_timeout;
+        loop {
+            if let Some(tx) = self.take() {
+                return Ok((tx, true));
+            }
+            if let Ok(slot) = self.connecting.try_acquire() {
+                let r = connect(endpoint, authority, give_up, connect_timeout).await;
+                drop(slot);
+                // A waiter may connect now (or take what this connect leaves behind).
+                self.available.notify_one();
+                return r.map(|tx| (tx, false));
+            }
+            // Register before looking again, so that a return in between is not missed.
+            let wake = self.available.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if let Some(tx) = self.take() {
+                return Ok((tx, true));
+            }
+            if self.connecting.available_permits() > 0 {
+                continue;
+            }
+            if tokio::time::timeout_at(give_up, wake).await.is_err() {
+                return Err(UpstreamError::Connect {
+                    endpoint: endpoint.clone(),
+                    reason: format!(
+                        "no connection within {connect_timeout:?} ({MAX_CONNECTING} connects already in progress)"
+                    ),
+                });
+            }
+        }
     }
 }
 
-/// Open a connection to `authority` (`host:port`) and start its HTTP/1.1 task.
+/// Open a connection to `authority` (`host:port`) by `deadline` (the turn's `connect_timeout`,
+/// counted from when it began to look for a connection) and start its HTTP/1.1 task.
 async fn connect(
     endpoint: &Arc<str>,
     authority: &str,
+    deadline: Instant,
     connect_timeout: Duration,
 ) -> Result<SendRequest<ReqBody>, UpstreamError> {
     let failed = |reason: String| UpstreamError::Connect {
         endpoint: endpoint.clone(),
         reason,
     };
-    let stream = match tokio::time::timeout(
-        connect_timeout,
-        tokio::net::TcpStream::connect(authority),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(failed(format!("tcp connect error: {e}"))),
-        Err(_) => {
-            return Err(failed(format!(
-                "tcp connect timed out after {connect_timeout:?}"
-            )))
-        }
-    };
+    let stream =
+        match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(authority)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(failed(format!("tcp connect error: {e}"))),
+            Err(_) => {
+                return Err(failed(format!(
+                    "tcp connect timed out after {connect_timeout:?}"
+                )))
+            }
+        };
     // Small requests and answers: send each at once (the head and body go in one write).
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
@@ -162,10 +227,7 @@ pub async fn send(
     mut req: Request<ReqBody>,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     loop {
-        let (mut tx, kept) = match conns.take() {
-            Some(tx) => (tx, true),
-            None => (connect(endpoint, authority, connect_timeout).await?, false),
-        };
+        let (mut tx, kept) = conns.checkout(endpoint, authority, connect_timeout).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => {
                 let lease = Lease {
@@ -258,5 +320,68 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    /// A listener whose accept queue is full and never drained: further SYNs are dropped, so a
+    /// connect to it neither succeeds nor fails until its timeout.
+    fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        sock.bind(&any.into()).expect("bind");
+        sock.listen(0).expect("listen");
+        let addr = sock.local_addr().unwrap().as_socket().unwrap();
+        let mut fill = Vec::new();
+        for _ in 0..8 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => fill.push(s),
+                Err(_) => break,
+            }
+        }
+        (sock, fill, addr)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn turns_waiting_for_a_connect_slot_give_up_with_the_connect_timeout() {
+        let (_sock, _fill, addr) = blackhole();
+        let conns = Arc::new(Conns::default());
+        let endpoint: Arc<str> = Arc::from(format!("http://{addr}"));
+        let authority = addr.to_string();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        // More turns than connect slots: the ones beyond wait, and must not wait for a slot
+        // and then a connect of their own (2 × connect_timeout).
+        for _ in 0..MAX_CONNECTING + 8 {
+            let (conns, endpoint, authority) = (conns.clone(), endpoint.clone(), authority.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = conns
+                    .checkout(&endpoint, &authority, Duration::from_secs(1))
+                    .await;
+                (r.is_err(), Instant::now())
+            }));
+        }
+        let mut waited_out = 0;
+        for t in tasks {
+            let (failed, at) = t.await.unwrap();
+            assert!(failed, "a connect to the blackhole succeeded");
+            assert!(
+                at.duration_since(start) <= Duration::from_millis(1100),
+                "a turn was held {:?}, past connect_timeout",
+                at.duration_since(start)
+            );
+            waited_out += 1;
+        }
+        assert_eq!(waited_out, MAX_CONNECTING + 8);
+        assert_eq!(
+            conns.connecting.available_permits(),
+            MAX_CONNECTING,
+            "every connect slot is given back"
+        );
     }
 }
