@@ -122,13 +122,20 @@ pub struct Masked<'a>(pub &'a str);
 
 impl fmt::Display for Masked<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Slices at character boundaries: no allocation (this runs for every access line).
         let n = self.0.chars().count();
         if n <= 6 {
             return f.write_str("***");
         }
-        let head: String = self.0.chars().take(4).collect();
-        let tail: String = self.0.chars().skip(n - 2).collect();
-        write!(f, "{head}***{tail}")
+        let head_end = self
+            .0
+            .char_indices()
+            .nth(4)
+            .map_or(self.0.len(), |(i, _)| i);
+        let tail_start = self.0.char_indices().nth(n - 2).map_or(0, |(i, _)| i);
+        f.write_str(&self.0[..head_end])?;
+        f.write_str("***")?;
+        f.write_str(&self.0[tail_start..])
     }
 }
 
@@ -178,6 +185,10 @@ mod tests {
     fn masked_never_shows_the_whole_value() {
         assert_eq!(Masked("1528780879-9581").to_string(), "1528***81");
         assert_eq!(Masked("abc").to_string(), "***");
+        assert_eq!(Masked("1234567").to_string(), "1234***67");
+        // Multi-byte characters are cut at their boundaries.
+        assert_eq!(Masked("ééééééééé").to_string(), "éééé***éé");
+        assert_eq!(Masked("αβγδεζη").to_string(), "αβγδ***ζη");
     }
 
     #[test]

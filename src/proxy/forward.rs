@@ -44,7 +44,7 @@ const HOP_BY_HOP: &[header::HeaderName] = &[
 // Header names parsed once: a `&str` key is parsed and validated on every call.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn upstream_headers(src: &HeaderMap, peer: Peer, request_id: &str) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(src.len() + 3);

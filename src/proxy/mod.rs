@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use compact_str::{format_compact, CompactString};
+use compact_str::CompactString;
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -37,6 +37,23 @@ use crate::upstream::{ClusterPool, Upstreams};
 
 /// Answers larger than this are streamed through without looking for `outaction`.
 pub const ANSWER_PEEK_MAX: usize = 64 * 1024;
+
+/// `<instance as 8 hex digits>-<sequence in hex>`, formatted on the stack (every turn without
+/// an `x-request-id` of its own gets one; `format!` machinery cost more than the rest of it).
+fn request_id_of(instance: u32, seq: u64) -> CompactString {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 8 + 1 + 16];
+    for (i, b) in buf[..8].iter_mut().enumerate() {
+        *b = HEX[((instance >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    buf[8] = b'-';
+    let digits = (16 - seq.leading_zeros() as usize / 4).max(1);
+    for i in 0..digits {
+        buf[9 + i] = HEX[((seq >> (4 * (digits - 1 - i))) & 0xf) as usize];
+    }
+    // Only ASCII hex digits and '-' were written.
+    CompactString::from_utf8(&buf[..9 + digits]).unwrap_or_default()
+}
 
 /// Shared state of the dialog service.
 pub struct Proxy {
@@ -71,17 +88,16 @@ impl Proxy {
     fn request_id(&self, req: &Request<Incoming>) -> CompactString {
         if let Some(v) = req
             .headers()
-            .get("x-request-id")
+            .get(&forward::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
         {
             if !v.is_empty() && v.len() <= 128 {
                 return CompactString::from(v);
             }
         }
-        format_compact!(
-            "{:08x}-{:x}",
+        request_id_of(
             self.instance,
-            self.request_seq.fetch_add(1, Ordering::Relaxed)
+            self.request_seq.fetch_add(1, Ordering::Relaxed),
         )
     }
 
@@ -120,9 +136,9 @@ impl Proxy {
             e.response(rec.userid.as_deref())
         });
         rec.status = resp.status().as_u16();
-        if !resp.headers().contains_key("x-request-id") {
+        if !resp.headers().contains_key(&forward::X_REQUEST_ID) {
             if let Ok(v) = HeaderValue::from_str(&rec.request_id) {
-                resp.headers_mut().insert("x-request-id", v);
+                resp.headers_mut().insert(forward::X_REQUEST_ID, v);
             }
         }
         rec.total = start.elapsed();
@@ -382,5 +398,28 @@ impl Proxy {
     /// The pool a pin points at, for views.
     pub fn pool_of(&self, id: NameId) -> Option<Arc<ClusterPool>> {
         self.upstreams.get(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_id_of;
+
+    #[test]
+    fn request_ids_are_the_instance_and_the_sequence_in_hex() {
+        for (inst, seq) in [
+            (0u32, 0u64),
+            (0xdeadbeef, 1),
+            (0x1f, 0xabc),
+            (u32::MAX, u64::MAX),
+            (0x0102_0304, 0x10),
+            (7, 1 << 60),
+        ] {
+            assert_eq!(
+                request_id_of(inst, seq).as_str(),
+                format!("{inst:08x}-{seq:x}"),
+                "{inst} {seq}"
+            );
+        }
     }
 }
