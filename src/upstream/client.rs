@@ -1,7 +1,8 @@
 //! The pooled HTTP client of a cluster and the forwarding of one request.
 //!
-//! One hyper-util client per cluster (keep-alive pools per endpoint inside it), HTTP/1.1, or
-//! HTTP/2 when an `https://` endpoint offers it by ALPN. TLS is rustls with the system roots or
+//! One hyper-util client per cluster for its `https://` endpoints and its HTTP health checks
+//! (keep-alive pools per endpoint inside it), HTTP/1.1, or HTTP/2 when an endpoint offers it by
+//! ALPN. Dialog turns to plain `http://` endpoints use the endpoint's own pool (`conn.rs`). TLS is rustls with the system roots or
 //! the cluster's `tls.ca`, SNI from the URL or `server_name`, an optional client certificate.
 //! Errors say whether the request reached the endpoint: only a request that never did may be
 //! tried again (spec §10).
