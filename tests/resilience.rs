@@ -781,7 +781,7 @@ async fn unreachable_new_calls_use_the_fallback_before_the_endpoints_are_marked_
     let stable = Upstream::start("stable").await;
     // consecutive_failures high and no health check: the dead endpoints stay "healthy".
     let yaml = format!(
-        "clusters:\n  canary:\n    endpoints: [http://{d1}, http://{d2}]\n    outlier: {{ consecutive_failures: 1000 }}\n    fallback: stable\n  stable:\n    endpoints: [{}]\nrules:\n  - name: all-canary\n    vdn: [1]\n    cluster: canary\ndefault: stable\ndecision_header: true\n",
+        "clusters:\n  canary:\n    endpoints: [http://{d1}, http://{d2}]\n    outlier: {{ consecutive_failures: 1000 }}\n    fallback: stable\n  stable:\n    endpoints: [{}]\nrules:\n  - name: all-canary\n    vdn: [1]\n    cluster: canary\ndefault: stable\ndecision_header: true\npins:\n  orphan_turns: route\n",
         stable.url()
     );
     let gw = Gateway::start(&yaml).await;
@@ -797,14 +797,21 @@ async fn unreachable_new_calls_use_the_fallback_before_the_endpoints_are_marked_
         assert_eq!(b.status, 200);
         assert_eq!(b.upstream(), Some("stable"));
     }
-    assert_eq!(stable.count(), 6);
+    // A routed orphan turn (no pin, not a call start) is routed like a new call: fallback too.
+    let o = c.turn(&gw, Some(1), "orphan-1", 9, Some("1")).await;
+    assert_eq!(o.status, 200);
+    assert_eq!(o.upstream(), Some("stable"));
+    assert!(o
+        .header("x-graygate-route")
+        .is_some_and(|r| r.contains("pin=orphan") && r.contains("fallback=canary")));
+    assert_eq!(stable.count(), 7);
     assert_eq!(
         gw.metric(
             "graygate_fallbacks_total",
             &[("from", "canary"), ("to", "stable")]
         )
         .await,
-        3.0
+        4.0
     );
 
     // No fallback configured: the same failure is a 502.
@@ -816,5 +823,5 @@ async fn unreachable_new_calls_use_the_fallback_before_the_endpoints_are_marked_
     let a = c.turn(&gw2, Some(1), "nofb", 8, None).await;
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["errorCode"], "GW.UPSTREAM");
-    assert_eq!(stable.count(), 6, "nothing went elsewhere");
+    assert_eq!(stable.count(), 7, "nothing went elsewhere");
 }

@@ -290,10 +290,11 @@ impl Proxy {
         };
         let answer = match forward::send(&pool, out, &turn.userid, strict, rec).await {
             Ok(a) => a,
-            // A new call that no endpoint of its cluster could take, the request untouched:
-            // its cluster is down in fact if not yet in the books, so the fallback applies
-            // (once; the fallback's own failure is the answer).
-            Err(f) if f.unreachable && kind == PinKind::New && rec.fallback_from.is_none() => {
+            // A new call (or a routed orphan turn) that no endpoint of its cluster could take,
+            // the request untouched: its cluster is down in fact if not yet in the books, so
+            // the fallback applies as it would to a marked-down cluster (once; the fallback's
+            // own failure is the answer). A pinned turn never gets here.
+            Err(f) if f.unreachable && kind != PinKind::Kept && rec.fallback_from.is_none() => {
                 let fb = picked
                     .and_then(|c| snap.routing.fallback.get(c).copied().flatten())
                     .and_then(|fb| snap.pools.get(fb).cloned());
