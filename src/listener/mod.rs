@@ -188,6 +188,9 @@ async fn serve_conn<I, S, B>(
     let (mut draining, mut watching) = (false, true);
     let result = loop {
         tokio::select! {
+            // Fixed order: the connection first (polled on every wake-up of this task; the
+            // other two branches fire at most once each), and no random draw per poll.
+            biased;
             r = conn.as_mut() => break r,
             _ = shutdown.wait(), if !draining => {
                 draining = true;
