@@ -2,7 +2,7 @@
 # Run every fuzz target for a bounded time, one after another.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target)
-#   scripts/fuzz.sh 30                                   (the CI smoke)
+#   scripts/fuzz.sh 30                                   (a short run; CI replays the corpora in tests/fuzz_corpus.rs)
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); only the stable toolchain is on our machines,
 # so RUSTC_BOOTSTRAP=1 lets it use the nightly-only sanitizer flags. The corpus lives in
