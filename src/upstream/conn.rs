@@ -117,8 +117,8 @@ impl Conns {
         let Ok(mut q) = self.idle.lock() else {
             return;
         };
-        // The oldest idle connection goes when the stack is full or it has aged out; its
-        // drop closes it (outside nothing else: dropping a SendRequest only signals its task).
+        // The oldest idle connection goes when the stack is full or it has aged out. Dropping
+        // it here, under the lock, is cheap: it only tells its connection task to close.
         if q.len() >= MAX_IDLE || q.front().is_some_and(|c| c.since.elapsed() >= IDLE_TIMEOUT) {
             q.pop_front();
         }
