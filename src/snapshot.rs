@@ -93,6 +93,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Cluster `c`'s `fallback:` (index and pool), if it has one.
+    pub fn fallback_of(&self, c: usize) -> Option<(usize, &Arc<ClusterPool>)> {
+        let fb = self.routing.fallback.get(c).copied().flatten()?;
+        Some((fb, self.pools.get(fb)?))
+    }
+
     pub fn rule_id(&self, r: crate::router::RuleRef) -> NameId {
         match r {
             crate::router::RuleRef::Rule(i) => self

@@ -253,19 +253,12 @@ impl Proxy {
                 let d = decide(&turn, &parts.headers, &snap.routing);
                 let mut cluster = d.cluster;
                 // Fallback: a new call whose cluster has no healthy endpoint.
-                if let (Some(pool), Some(fb)) = (
-                    snap.pools.get(cluster),
-                    snap.routing.fallback.get(cluster).copied().flatten(),
-                ) {
+                if let (Some(pool), Some((fb, fb_pool))) =
+                    (snap.pools.get(cluster), snap.fallback_of(cluster))
+                {
                     if !pool.any_healthy() {
-                        if let Some(fb_pool) = snap.pools.get(fb) {
-                            self.metrics
-                                .fallbacks
-                                .with_label_values(&[&pool.name, &fb_pool.name])
-                                .inc();
-                            rec.fallback_from = Some(pool.name.clone());
-                            cluster = fb;
-                        }
+                        self.note_fallback(rec, pool, fb_pool);
+                        cluster = fb;
                     }
                 }
                 let pool = snap
@@ -295,18 +288,12 @@ impl Proxy {
             // the fallback applies as it would to a marked-down cluster (once; the fallback's
             // own failure is the answer). A pinned turn never gets here.
             Err(f) if f.unreachable && kind != PinKind::Kept && rec.fallback_from.is_none() => {
-                let fb = picked
-                    .and_then(|c| snap.routing.fallback.get(c).copied().flatten())
-                    .and_then(|fb| snap.pools.get(fb).cloned());
-                let Some(fb_pool) = fb else {
+                let Some((_, fb_pool)) = picked.and_then(|c| snap.fallback_of(c)) else {
                     return Err(f.error);
                 };
-                self.metrics
-                    .fallbacks
-                    .with_label_values(&[&pool.name, &fb_pool.name])
-                    .inc();
+                let fb_pool = fb_pool.clone();
+                self.note_fallback(rec, &pool, &fb_pool);
                 tracing::warn!(from = %pool.name, to = %fb_pool.name, "no endpoint could be reached for a new call; sending it to the fallback cluster");
-                rec.fallback_from = Some(pool.name.clone());
                 rec.cluster = Some(fb_pool.name.clone());
                 pool = fb_pool;
                 let out = forward::Outgoing {
@@ -394,6 +381,15 @@ impl Proxy {
             }
         }
         Ok(resp)
+    }
+
+    /// A new call leaves `from` for its fallback `to`: counted, and said in the decision header.
+    fn note_fallback(&self, rec: &mut TurnRecord, from: &ClusterPool, to: &ClusterPool) {
+        self.metrics
+            .fallbacks
+            .with_label_values(&[&from.name, &to.name])
+            .inc();
+        rec.fallback_from = Some(from.name.clone());
     }
 
     /// The pool a pin points at, for views.
