@@ -172,9 +172,7 @@ async fn orphan_turn_rejected_is_409() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_is_502() {
     // A port nobody listens on: bind, note the port, close.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = dead.local_addr().unwrap();
-    drop(dead);
+    let addr = format!("127.0.0.1:{}", free_port());
     let gw = Gateway::start(&format!(
         "clusters:\n  stable: {{ endpoints: [http://{addr}] }}\ndefault: stable\n"
     ))

@@ -449,9 +449,7 @@ async fn dropper() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_only_requests_that_never_reached_an_endpoint() {
     // A port with nothing listening: connect refused.
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dead_addr = dead.local_addr().unwrap();
-    drop(dead);
+    let dead_addr = format!("127.0.0.1:{}", free_port());
     let live = Upstream::start("live").await;
     let yaml = format!(
         "clusters:\n  stable:\n    endpoints: [http://{dead_addr}, {}]\n    outlier: {{ consecutive_failures: 100 }}\ndefault: stable\n",
@@ -771,13 +769,11 @@ default: a
 /// call never does, and a cluster without a fallback answers 502 as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_new_calls_use_the_fallback_before_the_endpoints_are_marked_down() {
-    let dead = |_: ()| async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = l.local_addr().unwrap();
-        drop(l);
-        a
-    };
-    let (d1, d2) = (dead(()).await, dead(()).await);
+    // Two ports nobody listens on: connect refused.
+    let (d1, d2) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
     let stable = Upstream::start("stable").await;
     // consecutive_failures high and no health check: the dead endpoints stay "healthy".
     let yaml = format!(
