@@ -157,24 +157,24 @@ default: stable
 EOF
 }
 routes "$GG_PORT" "$GG_ADMIN" "$STORE_LINE" >"$RUN/routes.yaml"
+# wait_ready PID ADMIN_PORT LOG NAME: until /readyz answers; stop the run if graygate exits.
+wait_ready() {
+  for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$1" 2>/dev/null || { echo "$4 exited:" >&2; tail -20 "$3" >&2; exit 1; }
+    sleep 0.1
+  done
+  curl -fsS "http://127.0.0.1:$2/readyz" >/dev/null || { echo "$4 not ready" >&2; exit 1; }
+}
 # Default logging: info level, JSON (stderr is not a terminal), one access-log line per turn.
 taskset -c "$SERVER_CPU" "$GRAYGATE" serve -c "$RUN/routes.yaml" 2>"$RUN/graygate.log" &
 GG_PID=$!
-for _ in $(seq 100); do
-  curl -fsS "http://127.0.0.1:$GG_ADMIN/readyz" >/dev/null 2>&1 && break
-  kill -0 "$GG_PID" 2>/dev/null || { echo "graygate exited:" >&2; tail -20 "$RUN/graygate.log" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$GG_ADMIN/readyz" >/dev/null || { echo "graygate not ready" >&2; exit 1; }
+wait_ready "$GG_PID" "$GG_ADMIN" "$RUN/graygate.log" graygate
 if [ "$PIN_STORE" = both ]; then
   routes "$GGR_PORT" "$GGR_ADMIN" "$REDIS_STORE_LINE" >"$RUN/routes-redis.yaml"
   taskset -c "$SERVER_CPU" "$GRAYGATE" serve -c "$RUN/routes-redis.yaml" 2>"$RUN/graygate-redis.log" &
   GGR_PID=$!
-  for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$GGR_ADMIN/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  curl -fsS "http://127.0.0.1:$GGR_ADMIN/readyz" >/dev/null || { echo "graygate (redis) not ready" >&2; exit 1; }
+  wait_ready "$GGR_PID" "$GGR_ADMIN" "$RUN/graygate-redis.log" "graygate (redis)"
 fi
 
 # --- load ---------------------------------------------------------------------------------
