@@ -2,12 +2,19 @@
 
 use crate::support::*;
 
+// connect_timeout and timeout: the test is about stickiness, not speed; on a loaded machine
+// (CI shares its cores) the embedded instances can take more than the defaults to accept and
+// answer a burst of concurrent calls.
 const EMBEDDED: &str = "decision_header: true
 clusters:
   stable:
     embedded: { label: stable, instances: 2 }
+    connect_timeout: 10s
+    timeout: 30s
   canary:
     embedded: { label: canary, instances: 2 }
+    connect_timeout: 10s
+    timeout: 30s
 rules:
   - { name: canary-tenant, vdn: [101], cluster: canary }
   - { name: one-in-ten, split: { canary: 10, stable: 90 } }
@@ -15,10 +22,10 @@ default: stable
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_concurrent_calls_stay_with_their_cluster() {
+async fn a_thousand_calls_250_at_a_time_stay_with_their_cluster() {
     let gw = Gateway::start(EMBEDDED).await;
     let c = Client::new();
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(1000));
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(250));
     let mut tasks = Vec::new();
     for k in 0..1000 {
         let (c, url, sem) = (

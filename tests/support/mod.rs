@@ -348,8 +348,13 @@ impl Client {
     pub fn new() -> Self {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.set_nodelay(true);
+        // A kept connection is reused only well inside the gateway's own keep-alive cut
+        // (header_read_timeout, 10 s by default): past it the server may close the connection
+        // just as a request is written on it, and a POST cannot be retried. Real clients keep
+        // their idle timeout below the server's for the same reason.
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
+            .pool_idle_timeout(Duration::from_secs(2))
             .build(http);
         Client { inner }
     }
