@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::Admin;
 use crate::config::reload::Reloader;
+use crate::history::{History, HistoryKind};
 use crate::lifecycle::{Readiness, Shutdown};
 use crate::listener::{self, tls::TlsAcceptor, ListenOptions};
 use crate::located::LocatedErrors;
@@ -44,8 +45,31 @@ pub struct App {
     pub shutdown: Shutdown,
     pub proxy: Arc<Proxy>,
     pub admin: Arc<Admin>,
+    pub history: Arc<History>,
     tls: Option<Arc<TlsAcceptor>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The history's first event: generation 1, everything in it new.
+fn start_event(snap: &crate::snapshot::Snapshot) -> serde_json::Value {
+    let names = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+    serde_json::json!({
+        "generation": snap.generation,
+        "sha256": snap.sha256,
+        "trigger": "start",
+        "path": snap.path.display().to_string(),
+        "plan": {
+            "changes": {
+                "clusters_added": names(snap.clusters.iter().map(|c| &*c.name).collect()),
+                "clusters_removed": [],
+                "clusters_draining": names(snap.clusters.iter().filter(|c| c.spec.drain).map(|c| &*c.name).collect()),
+                "clusters_undrained": [],
+                "rules_added": names(snap.routing.rules.iter().map(|r| &*r.name).collect()),
+                "rules_removed": [],
+            },
+            "rules": [],
+        },
+    })
 }
 
 /// Options that are not in the config file.
@@ -119,12 +143,15 @@ impl App {
             ),
         };
         metrics.reload(true, Some(1));
+        let history = Arc::new(History::default());
+        history.record(HistoryKind::Applied, start_event(&snap));
         let live: Live = Arc::new(ArcSwap::from_pointee(snap));
         let reloader = Reloader::new(
             path.to_path_buf(),
             live.clone(),
             upstreams.clone(),
             metrics.clone(),
+            history.clone(),
         );
         if let Some(acceptor) = &tls {
             let acceptor = acceptor.clone();
@@ -149,6 +176,7 @@ impl App {
             metrics: metrics.clone(),
             reloader: reloader.clone(),
             readiness: readiness.clone(),
+            history: history.clone(),
         });
         let mut tasks = Vec::new();
         if opts.watch {
@@ -191,6 +219,7 @@ impl App {
             shutdown: Shutdown::new(),
             proxy,
             admin,
+            history,
             tls,
             tasks,
         })

@@ -19,9 +19,10 @@
 //! - [`config`]: the side path. [`snapshot`]: the compiled config of one generation.
 //! - [`probe`], [`router`], [`pins`], [`upstream`]: the stages of a turn; [`proxy`] runs them
 //!   in order; [`respond`] turns errors into the answers of spec §3.
-//! - [`record`], [`metrics`], [`telemetry`]: what a turn leaves behind.
+//! - [`record`], [`metrics`], [`shares`], [`telemetry`]: what a turn leaves behind.
 //! - [`listener`], [`admin`], [`lifecycle`], [`app`]: sockets, the admin surface, shutdown,
-//!   and the composition root. [`backend`]: the reference ODFS, a separate wing.
+//!   and the composition root. [`history`]: the audit trail of applied and refused configs and
+//!   rollout decisions. [`backend`]: the reference ODFS, a separate wing.
 //! - [`cli`]: the commands.
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod backend;
 pub mod civil;
 pub mod cli;
 pub mod config;
+pub mod history;
 pub mod lifecycle;
 pub mod listener;
 pub mod located;
@@ -42,6 +44,7 @@ pub mod proxy;
 pub mod record;
 pub mod respond;
 pub mod router;
+pub mod shares;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tlsfiles;

@@ -70,6 +70,9 @@ pub struct Inner {
     pub pin_store_duration: HistogramVec,
     pub connections: IntGaugeVec,
     pub rejected_connections: IntCounterVec,
+    /// New calls per rule and cluster over the last minutes, for `/admin/config` and the
+    /// console (spec §12); not exported, `graygate_pins_created_total` is the Prometheus side.
+    pub shares: crate::shares::ObservedShares,
     /// Series handles of finished turns, by label values (see [`SeriesCache`]).
     turn_series: SeriesCache<TurnSeries>,
     /// Pin series handles by cluster.
@@ -343,6 +346,7 @@ impl Metrics {
                 "Connections refused or cut",
                 &["reason"],
             ),
+            shares: crate::shares::ObservedShares::new(),
             turn_series: SeriesCache::new(),
             pin_series: SeriesCache::new(),
             registry: r,

@@ -206,6 +206,7 @@ async fn admin_token_guards_admin_paths_only() {
         ("GET", "/admin/pins/x"),
         ("DELETE", "/admin/pins/x"),
         ("GET", "/admin/explain?userid=x"),
+        ("GET", "/admin/history"),
     ] {
         let a = c.request(method, &gw.admin_url(path), &[], "").await;
         assert_eq!(a.status, 401, "{method} {path}");

@@ -9,6 +9,8 @@ mod admin;
 mod backend;
 /// The command line as the real binary: check, explain, diff, schema.
 mod cli;
+/// The audit trail (`/admin/history`), observed shares, and the console in a real browser.
+mod console;
 /// deploy/, examples/ and docs/operations.md checked with promtool, kustomize, kubernetes-validate,
 /// systemd-analyze and static checks (missing tools: SKIP, or a failure under CI).
 mod deploy;

@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::config::reload::Reloader;
+use crate::history::History;
 use crate::lifecycle::Readiness;
 use crate::metrics::Metrics;
 use crate::pins::{PinStore, ReleaseReason, Store};
@@ -25,6 +26,7 @@ pub struct Admin {
     pub metrics: Metrics,
     pub reloader: Arc<Reloader>,
     pub readiness: Arc<Readiness>,
+    pub history: Arc<History>,
 }
 
 pub type AdminBody = Full<Bytes>;
@@ -104,7 +106,7 @@ impl Admin {
         }
         match (&method, path.as_str()) {
             (&Method::GET, "/admin/config") => json(StatusCode::OK, &views::config(&self)),
-            (&Method::POST, "/admin/reload") => match self.reloader.reload("admin").await {
+            (&Method::POST, "/admin/reload") => match self.reloader.reload("api").await {
                 Ok(g) => json(StatusCode::OK, &serde_json::json!({ "generation": g })),
                 Err(errs) => {
                     let list: Vec<_> = errs.0.iter().map(|e| serde_json::json!({"line": e.line, "column": e.column, "path": e.path, "message": e.message})).collect();
@@ -114,6 +116,7 @@ impl Admin {
                     )
                 }
             },
+            (&Method::GET, "/admin/history") => json(StatusCode::OK, &self.history.view()),
             (&Method::GET, "/admin/explain") => {
                 views::explain(&self, req.uri().query().unwrap_or("")).await
             }
@@ -141,7 +144,7 @@ impl Admin {
                     }
                 }
             }
-            (_, "/admin/config" | "/admin/reload" | "/admin/explain") => {
+            (_, "/admin/config" | "/admin/reload" | "/admin/explain" | "/admin/history") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "wrong method for this path")
             }
             _ => error(StatusCode::NOT_FOUND, "no such admin path"),

@@ -3,16 +3,61 @@
 use http::{HeaderMap, Response, StatusCode};
 
 use super::{error, json, query_pairs, Admin, AdminBody};
-use crate::pins::names;
+use crate::pins::names::{self, NameId};
 use crate::pins::{Pin, PinStore};
 use crate::probe::{Dialog, Turn};
 use crate::protocol::{parse_vdn, Inaction, MAX_USERID_CHARS};
 use crate::router::{explain as explain_rules, Target};
+use crate::shares::PairCount;
 use crate::upstream::ClusterState;
 
 fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
+}
+
+/// The window of the observed shares in `/admin/config`: the whole ring.
+pub const SHARE_WINDOW_SECONDS: usize = crate::shares::WINDOW_SECONDS;
+
+/// Configured beside observed shares of one rule's new calls: one entry per cluster that is
+/// configured or that received calls (a fallback), `{cluster, configured, observed, calls}`
+/// (shares as fractions; `observed` null while the rule had no new call in the window).
+fn shares_view(
+    configured: &[(String, f64)],
+    rule: NameId,
+    observed: &[PairCount],
+) -> serde_json::Value {
+    let mine: Vec<&PairCount> = observed.iter().filter(|p| p.rule == rule).collect();
+    let total: u64 = mine.iter().map(|p| p.calls).sum();
+    let mut clusters: Vec<(String, f64, u64)> = configured
+        .iter()
+        .map(|(name, share)| {
+            let calls = mine
+                .iter()
+                .filter(|p| &*names::name(p.cluster) == name.as_str())
+                .map(|p| p.calls)
+                .sum();
+            (name.clone(), *share, calls)
+        })
+        .collect();
+    for p in &mine {
+        let name = names::name(p.cluster);
+        if !clusters.iter().any(|(n, _, _)| n.as_str() == &*name) {
+            clusters.push((name.to_string(), 0.0, p.calls));
+        }
+    }
+    let list: Vec<serde_json::Value> = clusters
+        .into_iter()
+        .map(|(cluster, configured, calls)| {
+            serde_json::json!({
+                "cluster": cluster,
+                "configured": configured,
+                "observed": (total > 0).then(|| calls as f64 / total as f64),
+                "calls": calls,
+            })
+        })
+        .collect();
+    serde_json::json!({ "calls": total, "clusters": list })
 }
 
 pub fn pin(userid: &str, p: &Pin) -> serde_json::Value {
@@ -41,33 +86,44 @@ pub fn config(a: &Admin) -> serde_json::Value {
                 None => ClusterState::Retired,
             };
             let st = pool.state.load();
+            let endpoints = pool.endpoint_views();
+            let inflight: u64 = endpoints.iter().filter_map(|e| e["inflight"].as_u64()).sum();
             serde_json::json!({
                 "name": &*pool.name,
                 "state": state.as_str(),
                 "pinned_calls": a.upstreams.pin_count(&pool.name),
+                "inflight": inflight,
                 "balance": st.spec.balance.as_str(),
                 "embedded": st.spec.embedded.as_ref().map(|e| serde_json::json!({"label": e.label, "instances": e.instances})),
                 "fallback": st.spec.fallback,
                 "timeout_ms": st.spec.timeout.as_millis() as u64,
                 "max_inflight": st.spec.max_inflight,
                 "healthy": pool.any_healthy(),
-                "endpoints": pool.endpoint_views(),
+                "endpoints": endpoints,
             })
         })
         .collect();
+    let observed = a.metrics.shares.window(SHARE_WINDOW_SECONDS);
     let rules: Vec<serde_json::Value> = snap
         .routing
         .rules
         .iter()
-        .map(|r| {
-            let target = match &r.target {
-                Target::Cluster(c) => serde_json::json!({"cluster": snap.routing.cluster_name(*c)}),
+        .enumerate()
+        .map(|(i, r)| {
+            let (target, configured) = match &r.target {
+                Target::Cluster(c) => {
+                    let name = snap.routing.cluster_name(*c);
+                    (serde_json::json!({"cluster": name}), vec![(name.to_string(), 1.0)])
+                }
                 Target::Split(s) => {
                     let m: serde_json::Map<String, serde_json::Value> =
                         s.candidates.iter().map(|c| (snap.routing.cluster_name(c.cluster).to_string(), serde_json::json!(c.weight))).collect();
-                    serde_json::json!({ "split": m })
+                    let total: f64 = s.candidates.iter().map(|c| c.weight).sum();
+                    let shares = s.candidates.iter().map(|c| (snap.routing.cluster_name(c.cluster).to_string(), c.weight / total.max(f64::MIN_POSITIVE))).collect();
+                    (serde_json::json!({ "split": m }), shares)
                 }
             };
+            let rule_id = snap.rule_id(crate::router::RuleRef::Rule(i));
             serde_json::json!({
                 "name": &*r.name,
                 "vdn": r.vdn.as_ref().map(|v| v.iter().map(|(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }).collect::<Vec<_>>()),
@@ -75,9 +131,11 @@ pub fn config(a: &Admin) -> serde_json::Value {
                 "fields": r.fields.len(),
                 "headers": r.headers.iter().map(|(h, _)| h.as_str().to_string()).collect::<Vec<_>>(),
                 "target": target,
+                "shares": shares_view(&configured, rule_id, &observed),
             })
         })
         .collect();
+    let default_name = snap.routing.cluster_name(snap.routing.default).to_string();
     serde_json::json!({
         "generation": snap.generation,
         "sha256": snap.sha256,
@@ -86,7 +144,10 @@ pub fn config(a: &Admin) -> serde_json::Value {
         "last_reload_error": status.last_error.as_ref().map(|errs| errs.iter().map(|e| serde_json::json!({"line": e.line, "column": e.column, "path": e.path, "message": e.message, "text": e.to_string()})).collect::<Vec<_>>()),
         "reloads": {"success": status.reloads_ok, "failure": status.reloads_failed},
         "restart_needed": status.restart_needed,
-        "default": snap.routing.cluster_name(snap.routing.default),
+        "default": default_name,
+        "default_shares": shares_view(&[(default_name.clone(), 1.0)], snap.default_rule_id, &observed),
+        "observed_window_seconds": SHARE_WINDOW_SECONDS,
+        "observed_unplaced_calls": a.metrics.shares.unplaced(),
         "decision_header": snap.decision_header,
         "pins": {
             "idle_ttl_ms": snap.pins.idle_ttl.as_millis() as u64,

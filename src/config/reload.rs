@@ -14,10 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::history::{History, HistoryKind};
 use crate::located::{Located, LocatedErrors};
 use crate::metrics::Metrics;
 use crate::snapshot::{Live, Snapshot};
 use crate::upstream::Upstreams;
+
+/// Userids routed under both files to measure the moved share per rule for the history (the
+/// same measure as `graygate diff`, fewer samples: it runs on every reload).
+const PLAN_SAMPLES: usize = 1000;
 
 /// What `/admin/config` shows about reloads.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -38,6 +43,7 @@ pub struct Reloader {
     live: Live,
     upstreams: Arc<Upstreams>,
     metrics: Metrics,
+    history: Arc<History>,
     status: Mutex<ReloadStatus>,
     /// sha256 of the last content read (good or bad), so an unchanged file is not re-read.
     last_seen: Mutex<String>,
@@ -51,6 +57,7 @@ impl Reloader {
         live: Live,
         upstreams: Arc<Upstreams>,
         metrics: Metrics,
+        history: Arc<History>,
     ) -> Arc<Self> {
         let sha = live.load().sha256.clone();
         Arc::new(Reloader {
@@ -58,6 +65,7 @@ impl Reloader {
             live,
             upstreams,
             metrics,
+            history,
             status: Mutex::new(ReloadStatus::default()),
             last_seen: Mutex::new(sha),
             lock: tokio::sync::Mutex::new(()),
@@ -113,7 +121,7 @@ impl Reloader {
                     tracing::info!(trigger, generation = current.generation, "config unchanged");
                     Ok(current.generation)
                 } else {
-                    self.publish(snap, &current).await
+                    self.publish(snap, &current, trigger).await
                 }
             }
             Err(errs) => Err(errs),
@@ -135,6 +143,15 @@ impl Reloader {
                 }
                 self.metrics.reload(false, None);
                 tracing::error!(trigger, errors = %errs, "config reload failed; the running config stays");
+                self.history.record(
+                    HistoryKind::ReloadFailed,
+                    serde_json::json!({
+                        "trigger": trigger,
+                        "path": self.path.display().to_string(),
+                        "running_generation": self.live.load().generation,
+                        "errors": errs.0.iter().map(|e| serde_json::json!({"line": e.line, "column": e.column, "path": e.path, "message": e.message})).collect::<Vec<_>>(),
+                    }),
+                );
                 if let Ok(mut s) = self.status.lock() {
                     s.reloads_failed += 1;
                     s.last_error = Some(errs.0.clone());
@@ -145,7 +162,12 @@ impl Reloader {
         result
     }
 
-    async fn publish(&self, mut snap: Snapshot, current: &Snapshot) -> Result<u64, LocatedErrors> {
+    async fn publish(
+        &self,
+        mut snap: Snapshot,
+        current: &Snapshot,
+        trigger: &str,
+    ) -> Result<u64, LocatedErrors> {
         let restart = restart_keys(current, &snap);
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "these keys changed but take effect only at restart; the running values stay");
@@ -169,8 +191,17 @@ impl Reloader {
         // Keep the listeners' addresses: they changed only in the file.
         snap.listen = current.listen;
         snap.admin = current.admin;
-        let diff = crate::config::diff::summarize(current, &snap);
+        let plan = crate::config::diff::diff(current, &snap);
+        let moved = crate::config::diff::moved_shares(current, &snap, PLAN_SAMPLES);
+        let diff = plan.to_string();
         let generation = snap.generation;
+        let applied = serde_json::json!({
+            "generation": generation,
+            "sha256": snap.sha256,
+            "trigger": trigger,
+            "path": self.path.display().to_string(),
+            "plan": {"changes": plan, "rules": moved},
+        });
         self.live.store(Arc::new(snap));
         let live = self.live.load();
         if let Ok(hooks) = self.after_publish.lock() {
@@ -182,6 +213,7 @@ impl Reloader {
             s.restart_needed = restart;
         }
         tracing::info!(generation, sha256 = %live.sha256, changes = %diff, "config applied");
+        self.history.record(HistoryKind::Applied, applied);
         self.upstreams.drop_empty_retired(&live.cluster_ids());
         Ok(generation)
     }

@@ -357,6 +357,9 @@ impl Proxy {
                     snap.pins.idle_ttl
                 };
                 let kept = self.pins.create(&turn.userid, new, ttl).await;
+                if kept == new {
+                    self.metrics.shares.count(rule_id, pool.id);
+                }
                 if kept.cluster != pool.id {
                     tracing::warn!(userid = %crate::protocol::Masked(&turn.userid), first = %names::name(kept.cluster), "another turn pinned this call first; later turns follow that pin");
                 }
