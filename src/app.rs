@@ -249,6 +249,7 @@ impl App {
             header_read_timeout: snap.limits.header_read_timeout,
             grace,
             tls: self.tls.clone(),
+            proxy_protocol: snap.listen_proxy_protocol,
         };
         let admin_opts = ListenOptions {
             name: "admin",
@@ -256,6 +257,7 @@ impl App {
             header_read_timeout: Duration::from_secs(10),
             grace,
             tls: None,
+            proxy_protocol: false,
         };
         let proxy = self.proxy.clone();
         let d = tokio::spawn(listener::serve(

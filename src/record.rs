@@ -13,6 +13,8 @@ pub struct TurnRecord {
     pub request_id: CompactString,
     pub method: http::Method,
     pub path: CompactString,
+    /// The client's address: the socket's peer, or the PROXY header's source (spec §13).
+    pub client: Option<std::net::IpAddr>,
     pub vdn: Option<Vdn>,
     /// The full userid; only ever printed masked.
     pub userid: Option<CompactString>,

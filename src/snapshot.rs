@@ -79,6 +79,8 @@ pub struct Snapshot {
     pub tls: Option<ListenerTls>,
     pub admin_token: Option<Arc<str>>,
     pub decision_header: bool,
+    /// Dialog connections start with a PROXY protocol header (spec §13).
+    pub listen_proxy_protocol: bool,
     pub limits: Limits,
     pub pins: PinPolicy,
     pub store: StoreSpec,

@@ -238,6 +238,7 @@ pub fn access_log(rec: &TurnRecord) {
         request_id = %rec.request_id,
         method = %rec.method,
         path = %rec.path,
+        client = rec.client.map(tracing::field::display),
         vdn = rec.vdn,
         userid = userid.map(tracing::field::display),
         inaction = rec.inaction.map(|i| i.0),
@@ -269,6 +270,11 @@ fn access_json(s: &mut String, rec: &TurnRecord, now: SystemTime) {
     str_field(s, "request_id", &rec.request_id);
     str_field(s, "method", rec.method.as_str());
     str_field(s, "path", &rec.path);
+    if let Some(ip) = rec.client {
+        let mut text = compact_str::CompactString::default();
+        let _ = write!(text, "{ip}");
+        str_field(s, "client", &text);
+    }
     if let Some(v) = rec.vdn {
         num_field(s, "vdn", u64::from(v));
     }
@@ -437,6 +443,7 @@ mod tests {
         let rec = TurnRecord {
             request_id: "abc-1".into(),
             path: "/oifde/rest/v2/crs/process/101".into(),
+            client: Some("192.0.2.7".parse().unwrap()),
             vdn: Some(101),
             userid: Some("1732000000-123456-42".into()),
             inaction: Some(crate::protocol::Inaction(8)),
@@ -460,6 +467,7 @@ mod tests {
         assert_eq!(v["target"], "graygate::access");
         assert_eq!(v["request_id"], "abc-1");
         assert_eq!(v["method"], "GET");
+        assert_eq!(v["client"], "192.0.2.7");
         assert_eq!(v["vdn"], 101);
         assert_eq!(v["userid"], "1732***42");
         assert_eq!(v["inaction"], 8);

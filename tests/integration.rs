@@ -20,6 +20,9 @@ mod embedded;
 mod errors;
 /// Pin creation, following, and every release path.
 mod pins;
+/// The client address: access line, x-forwarded-for, PROXY protocol v1/v2 behind a real
+/// HAProxy and hand-made headers (spec §13).
+mod proxy_protocol;
 /// Hot reload under traffic, SIGHUP, retired clusters, graceful restart with pins.
 mod reload;
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.

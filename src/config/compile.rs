@@ -307,6 +307,7 @@ pub fn compile(
         tls,
         admin_token,
         decision_header: rf.decision_header.unwrap_or(false),
+        listen_proxy_protocol: rf.listen_proxy_protocol.unwrap_or(false),
         limits,
         pins,
         store,

@@ -26,6 +26,8 @@ pub struct RoutesFile {
     pub admin_token_file: Option<String>,
     /// When true, dialog responses carry `x-graygate-route`.
     pub decision_header: Option<bool>,
+    /// True: every dialog connection starts with a PROXY protocol v1/v2 header (spec §13).
+    pub listen_proxy_protocol: Option<bool>,
     pub limits: Option<RawLimits>,
     pub pins: Option<RawPins>,
     /// Named ODFS clusters.

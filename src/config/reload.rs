@@ -287,6 +287,9 @@ fn restart_keys(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.store != new.store {
         v.push("pins.store".to_string());
     }
+    if old.listen_proxy_protocol != new.listen_proxy_protocol {
+        v.push("listen_proxy_protocol".to_string());
+    }
     if old.limits.max_connections != new.limits.max_connections
         || old.limits.header_read_timeout != new.limits.header_read_timeout
     {

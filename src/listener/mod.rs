@@ -10,9 +10,14 @@
 //!   sends nothing, or a byte now and then, would otherwise hold its slot forever); later
 //!   requests on a kept-alive HTTP/1 connection are bounded by hyper's header timer. Every cut
 //!   is counted (`reason="header_timeout"`).
+//! - `listen_proxy_protocol`: the PROXY header is read first, within the same
+//!   `header_read_timeout`, and its source address becomes the connection's peer
+//!   (`proxy_protocol.rs`); a connection without a valid one is closed and counted
+//!   (`reason="proxy_protocol"`).
 //! - Shutdown: stop accepting, ask every connection to finish its in-flight requests
 //!   (graceful), and give them `grace` before returning.
 
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::future::Future;
@@ -41,6 +46,8 @@ pub struct ListenOptions {
     /// How long in-flight requests may take to finish after shutdown begins.
     pub grace: Duration,
     pub tls: Option<Arc<tls::TlsAcceptor>>,
+    /// Every connection starts with a PROXY protocol header; its source address is the peer.
+    pub proxy_protocol: bool,
 }
 
 /// Serve `listener` until `shutdown`, then drain. `make` builds the per-request service from
@@ -66,6 +73,11 @@ pub async fn serve<F, Fut, B>(
     let rejected_hdr = metrics
         .rejected_connections
         .with_label_values(&["header_timeout"]);
+    let rejected_pp = opts.proxy_protocol.then(|| {
+        metrics
+            .rejected_connections
+            .with_label_values(&["proxy_protocol"])
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -108,9 +120,22 @@ pub async fn serve<F, Fut, B>(
         let tls = opts.tls.clone();
         let rejected_tls = rejected_tls.clone();
         let rejected_hdr = rejected_hdr.clone();
+        let rejected_pp = rejected_pp.clone();
         let first_by = tokio::time::Instant::now() + opts.header_read_timeout;
         tasks.spawn(async move {
             let _permit = permit;
+            let (mut stream, mut peer) = (stream, peer);
+            if let Some(rejected_pp) = &rejected_pp {
+                match proxy_protocol::accept(&mut stream, peer, first_by, rejected_pp, &rejected_hdr)
+                    .await
+                {
+                    Some(client) => peer = client,
+                    None => {
+                        gauge.dec();
+                        return;
+                    }
+                }
+            }
             let https = tls.is_some();
             let started = Arc::new(AtomicBool::new(false));
             let watch = Watchdog {

@@ -113,6 +113,7 @@ impl Proxy {
             request_id: self.request_id(&req),
             method: req.method().clone(),
             path: CompactString::from(req.uri().path()),
+            client: Some(peer.addr.ip()),
             ..TurnRecord::default()
         };
         let mut resp = match DialogPath::classify(req.uri().path()) {
