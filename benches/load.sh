@@ -7,6 +7,12 @@
 #   PIN_STORE=both benches/load.sh        # the redis mode (issue 8): a second graygate with the
 #                                         # Redis store as one more target of the same run
 #   ONLY=graygate PIN_STORE=both benches/load.sh   # just the two graygates (benches/redis-mode.sh)
+#   SNAPSHOT=both benches/load.sh         # issue 15: a second graygate (memory store) with
+#                                         # pins.snapshot on, as one more target of the same run;
+#                                         # prints the per-turn cost from same-round ratios
+#   SNAPSHOT=both SNAPSHOT_SEED=5s ONLY=graygate benches/load.sh
+#                                         # ... with both tables first filled with live pins
+#                                         # (new calls that never end) for that long
 #
 # What it does, all on loopback and bounded in time:
 #   1. builds graygate in release mode (NO_BUILD=1 skips it);
@@ -40,7 +46,11 @@ GG_PORT=18083
 GG_ADMIN=19090
 GGR_PORT=18086                     # PIN_STORE=both: the Redis-store graygate
 GGR_ADMIN=19091
-PORTS=(18080 18081 18082 18084 18085 "$GG_PORT" "$GG_ADMIN" "$GGR_PORT" "$GGR_ADMIN")
+SNAPSHOT="${SNAPSHOT:-off}"          # off | both
+SNAPSHOT_SEED="${SNAPSHOT_SEED:-}"   # e.g. 5s: fill both tables with live pins first
+GGS_PORT=18087                     # SNAPSHOT=both: the graygate with pins.snapshot
+GGS_ADMIN=19092
+PORTS=(18080 18081 18082 18084 18085 "$GG_PORT" "$GG_ADMIN" "$GGR_PORT" "$GGR_ADMIN" "$GGS_PORT" "$GGS_ADMIN")
 
 # --- what is missing ----------------------------------------------------------------------
 missing=()
@@ -78,9 +88,11 @@ GRAYGATE="${GRAYGATE:-$ROOT/target/release/graygate}"
 RUN="$(mktemp -d /tmp/graygate-load.XXXXXX)"
 GG_PID=""
 GGR_PID=""
+GGS_PID=""
 REDIS_PID=""
 cleanup() {
   set +e
+  [ -n "$GGS_PID" ] && kill -TERM "$GGS_PID" 2>/dev/null && wait "$GGS_PID" 2>/dev/null
   [ -n "$GG_PID" ] && kill -TERM "$GG_PID" 2>/dev/null && wait "$GG_PID" 2>/dev/null
   [ -n "$GGR_PID" ] && kill -TERM "$GGR_PID" 2>/dev/null && wait "$GGR_PID" 2>/dev/null
   [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null
@@ -176,12 +188,38 @@ if [ "$PIN_STORE" = both ]; then
   GGR_PID=$!
   wait_ready "$GGR_PID" "$GGR_ADMIN" "$RUN/graygate-redis.log" "graygate (redis)"
 fi
+if [ "$SNAPSHOT" = both ]; then
+  routes "$GGS_PORT" "$GGS_ADMIN" "store: memory
+  snapshot: $RUN/pins.snapshot" >"$RUN/routes-snap.yaml"
+  taskset -c "$SERVER_CPU" "$GRAYGATE" serve -c "$RUN/routes-snap.yaml" 2>"$RUN/graygate-snap.log" &
+  GGS_PID=$!
+  wait_ready "$GGS_PID" "$GGS_ADMIN" "$RUN/graygate-snap.log" "graygate (snapshot)"
+fi
 
 # --- load ---------------------------------------------------------------------------------
 TARGETS=(direct=http://127.0.0.1:18080 nginx=http://127.0.0.1:18081 haproxy=http://127.0.0.1:18082
          haproxy-gray=http://127.0.0.1:18084 graygate=http://127.0.0.1:$GG_PORT)
 [ "$ONLY" = graygate ] && TARGETS=(direct=http://127.0.0.1:18080 graygate=http://127.0.0.1:$GG_PORT)
 [ "$PIN_STORE" = both ] && TARGETS+=(graygate-redis=http://127.0.0.1:$GGR_PORT)
+[ "$SNAPSHOT" = both ] && TARGETS+=(graygate-snap=http://127.0.0.1:$GGS_PORT)
+if [ "$SNAPSHOT" = both ] && [ -n "$SNAPSHOT_SEED" ]; then
+  # New calls that never end: each turn leaves one live pin (idle_ttl 30m).
+  cat >"$RUN/seed.lua" <<'LUA'
+local n, prefix = 0, ""
+function init(args) math.randomseed(os.time() + math.floor(os.clock() * 1e6)); prefix = string.format("seed-%d-%06d", os.time(), math.random(0, 999999)) end
+function request()
+  n = n + 1
+  local u = prefix .. "-" .. n
+  return wrk.format("POST", "/oifde/rest/v2/crs/process/101", { ["Content-Type"] = "application/json" },
+    string.format('{"userid":"%s","inaction":8,"inparams":{"call_id":"%s"}}', u, u))
+end
+LUA
+  for port in "$GG_PORT" "$GGS_PORT"; do
+    taskset -c "$WRK_CPU" wrk -t1 -c"$CONNS" -d"$SNAPSHOT_SEED" -s "$RUN/seed.lua" "http://127.0.0.1:$port" >/dev/null
+  done
+  sleep 2
+  echo "seeded live pins: graygate $(curl -fsS "http://127.0.0.1:$GG_ADMIN/metrics" | awk '/^graygate_pins\{/ {s += $2} END {print s + 0}'), graygate-snap $(curl -fsS "http://127.0.0.1:$GGS_ADMIN/metrics" | awk '/^graygate_pins\{/ {s += $2} END {print s + 0}')" >&2
+fi
 # wrk prints 812.00us / 1.51ms / 1.02s: microseconds for sorting.
 to_us() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'; }
 
@@ -226,7 +264,7 @@ printf '|%s|%s|%s|%s|%s|%s|\n' ---------------- ------------ ----------- -------
 for t in "${TARGETS[@]}"; do
   n=${t%%=*}
   ratio=$(awk -v g="${RPS[graygate]}" -v p="${RPS[$n]}" 'BEGIN { if (p > 0) printf "%.2fx", g / p; else print "-" }')
-  [ "$n" = graygate ] || [ "$n" = graygate-redis ] && ratio="-"
+  [ "$n" = graygate ] || [ "$n" = graygate-redis ] || [ "$n" = graygate-snap ] && ratio="-"
   printf '| %-14s | %10.0f | %9.3f | %9.3f | %6s | %-22s |\n' "$n" "${RPS[$n]}" \
     "$(awk -v u="${P50[$n]}" 'BEGIN { print u / 1000 }')" "$(awk -v u="${P99[$n]}" 'BEGIN { print u / 1000 }')" \
     "${ERR[$n]}" "$ratio"
@@ -238,6 +276,17 @@ if [ "$PIN_STORE" = both ]; then
       r / m, (r / m >= 0.6 ? "met" : "MISSED"), rp / mp, (rp / mp < 2 ? "met" : "MISSED")
   }'
   echo "redis store errors: $(curl -fsS "http://127.0.0.1:$GGR_ADMIN/metrics" | awk '/^graygate_pin_store_errors_total/ {s += $2} END {print s + 0}')"
+fi
+if [ "$SNAPSHOT" = both ]; then
+  # Same-round ratios (the rounds of one pair run back to back), then their median.
+  paste <(awk '$1 == "graygate" {print $2, $4}' "$RUN/results") <(awk '$1 == "graygate-snap" {print $2, $4}' "$RUN/results") |
+    awk '{ printf "%s %s %s\n", $3 / $1, $4 / $2, 1e6 / $3 - 1e6 / $1 }' >"$RUN/snap-ratios"
+  r_rps=$(awk '{print $1}' "$RUN/snap-ratios" | median)
+  r_p99=$(awk '{print $2}' "$RUN/snap-ratios" | median)
+  cost=$(awk '{print $3}' "$RUN/snap-ratios" | median)
+  echo "pins.snapshot on vs off (median of same-round ratios): req/s ${r_rps}x, p99 ${r_p99}x, cost per turn ${cost} us (1/rps difference, one server CPU)"
+  view=$(curl -fsS "http://127.0.0.1:$GGS_ADMIN/admin/config" | tr -d '\n' | grep -o '"snapshot":{[^}]*}' || true)
+  echo "snapshot writer after the run: ${view:-?}"
 fi
 [ "$ONLY" = graygate ] && exit 0
 awk -v g="${RPS[graygate]}" -v hg="${RPS[haproxy-gray]}" -v ng="${RPS[nginx]}" -v d="${RPS[direct]}" \

@@ -9,6 +9,8 @@
 #   redis-server          Debian package "redis-server" (tests start their own on loopback ports)
 #   redis-sentinel        Debian package "redis-sentinel" (the Sentinel failover test)
 #   haproxy               Debian package "haproxy" (the PROXY protocol test puts one in front)
+#   prlimit               Debian package "util-linux" (tests/own_faults.rs runs the gateway under
+#                         a low descriptor limit)
 #   kubernetes-validate   PyPI package "kubernetes-validate" (offline schemas), run as
 #                         "python3 -m kubernetes_validate"
 set -euo pipefail
@@ -27,6 +29,7 @@ command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
 command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || apt_packages+=(redis-sentinel)
 command -v haproxy >/dev/null 2>&1 || apt_packages+=(haproxy)
+command -v prlimit >/dev/null 2>&1 || apt_packages+=(util-linux)
 if ((${#apt_packages[@]})); then
     log "apt-get install ${apt_packages[*]}"
     apt-get update -qq

@@ -20,6 +20,7 @@ use crate::listener::{self, tls::TlsAcceptor, ListenOptions};
 use crate::located::LocatedErrors;
 use crate::metrics::Metrics;
 use crate::pins::memory::MemoryStore;
+use crate::pins::persist::PinFile;
 use crate::pins::redis::RedisStore;
 use crate::pins::Store;
 use crate::proxy::{Peer, Proxy};
@@ -46,6 +47,8 @@ pub struct App {
     pub proxy: Arc<Proxy>,
     pub admin: Arc<Admin>,
     pub history: Arc<History>,
+    /// The continuous `pins.snapshot` writer (memory store with a snapshot file).
+    pub pin_file: Option<Arc<PinFile>>,
     tls: Option<Arc<TlsAcceptor>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -118,18 +121,12 @@ impl App {
             Some(t) => Some(Arc::new(TlsAcceptor::new(t).map_err(StartError::Other)?)),
             None => None,
         };
+        let mut pin_file = None;
         let pins = match &snap.store {
             StoreSpec::Memory { snapshot } => {
                 let m = MemoryStore::new(metrics.clone());
                 if let Some(file) = snapshot {
-                    match m.load(file) {
-                        Ok((n, skipped)) => {
-                            tracing::info!(file = %file.display(), restored = n, skipped, "pins restored")
-                        }
-                        Err(e) => {
-                            tracing::error!(file = %file.display(), error = %e, "could not read the pin snapshot; starting empty")
-                        }
-                    }
+                    pin_file = Some(open_pin_file(file.clone(), m.clone()).await?);
                 }
                 Store::Memory(m)
             }
@@ -177,6 +174,7 @@ impl App {
             reloader: reloader.clone(),
             readiness: readiness.clone(),
             history: history.clone(),
+            pin_file: pin_file.clone(),
         });
         let mut tasks = Vec::new();
         if opts.watch {
@@ -220,6 +218,7 @@ impl App {
             proxy,
             admin,
             history,
+            pin_file,
             tls,
             tasks,
         })
@@ -237,15 +236,22 @@ impl App {
         Ok((dialog, admin))
     }
 
+    /// How long in-flight requests may take to finish once shutdown begins.
+    pub fn grace(&self) -> Duration {
+        self.live.load().limits.request_timeout + Duration::from_secs(1)
+    }
+
     /// Serve until shutdown, then drain and save pins.
     pub async fn run(self, dialog: TcpListener, admin: TcpListener) {
         let snap = self.live.load_full();
-        let grace = snap.limits.request_timeout + Duration::from_secs(1);
+        let grace = self.grace();
         let dialog_addr: Option<SocketAddr> = dialog.local_addr().ok();
         let admin_addr: Option<SocketAddr> = admin.local_addr().ok();
+        let caps = connection_caps(&snap);
         let dialog_opts = ListenOptions {
             name: "dialog",
-            max_connections: snap.limits.max_connections as usize,
+            max_connections: caps.dialog as usize,
+            reserve_fds: 0,
             header_read_timeout: snap.limits.header_read_timeout,
             grace,
             tls: self.tls.clone(),
@@ -253,7 +259,10 @@ impl App {
         };
         let admin_opts = ListenOptions {
             name: "admin",
-            max_connections: 256,
+            max_connections: caps.admin as usize,
+            // Spare descriptors the admin listener gives up to accept a probe or a scrape when
+            // the process is out of them: /healthz and /metrics stay answerable.
+            reserve_fds: 4,
             header_read_timeout: Duration::from_secs(10),
             grace,
             tls: None,
@@ -296,29 +305,57 @@ impl App {
         for t in &self.tasks {
             t.abort();
         }
-        self.save_pins();
-        tracing::info!("shutdown complete");
-    }
-
-    /// Write the pin table to `pins.snapshot` (memory store).
-    pub fn save_pins(&self) {
-        if let (
-            Store::Memory(m),
-            StoreSpec::Memory {
-                snapshot: Some(file),
-            },
-        ) = (&self.pins, &self.live.load().store)
-        {
-            match m.save(file) {
-                Ok(n) => tracing::info!(file = %file.display(), pins = n, "pins saved"),
-                Err(e) => {
-                    tracing::error!(file = %file.display(), error = %e, "could not save pins")
-                }
+        if let Some(f) = self.pin_file.clone() {
+            // The last write, after the drain; bounded so that a stuck disk cannot hold the exit.
+            let done = tokio::task::spawn_blocking(move || f.finish(grace)).await;
+            if !matches!(done, Ok(true)) {
+                tracing::error!(
+                    "the last pin snapshot write did not finish within the grace period"
+                );
             }
         }
+        tracing::info!("shutdown complete");
     }
 
     pub fn config_path(&self) -> PathBuf {
         self.reloader.path.clone()
     }
+}
+
+/// The dialog and admin connection caps: `limits.max_connections` when set, else derived from
+/// the descriptor limit (HAProxy's way, see [`crate::fdlimit`]).
+fn connection_caps(snap: &crate::snapshot::Snapshot) -> crate::fdlimit::Budget {
+    let embedded = snap.clusters.iter().any(|c| c.spec.embedded.is_some());
+    let nofile = crate::fdlimit::nofile();
+    let derived = nofile.map(|n| crate::fdlimit::derive(n, if embedded { 3 } else { 2 }));
+    let dialog = match (snap.limits.max_connections, derived) {
+        (Some(n), _) => u64::from(n),
+        (None, Some(b)) => b.dialog,
+        (None, None) => crate::fdlimit::DEFAULT_MAX_CONNECTIONS,
+    };
+    let admin = derived.map_or(crate::fdlimit::ADMIN_MAX_CONNECTIONS, |b| b.admin);
+    if let (Some(n), Some(b)) = (nofile, derived) {
+        let reserve = n.saturating_sub(dialog * if embedded { 3 } else { 2 });
+        if snap.limits.max_connections.is_some() && dialog > b.dialog {
+            tracing::warn!(nofile = n, max_connections = dialog, fits = b.dialog, "limits.max_connections is more than the descriptor limit can carry (each connection may need an upstream one); past it, turns get 503 GW.LOCAL_RESOURCES");
+        } else {
+            tracing::info!(
+                nofile = n,
+                max_connections = dialog,
+                derived = snap.limits.max_connections.is_none(),
+                admin_max_connections = admin,
+                reserve,
+                "connection caps"
+            );
+        }
+    }
+    crate::fdlimit::Budget { dialog, admin }
+}
+
+/// Read `pins.snapshot` into the table and start its continuous writer (off the runtime: it
+/// reads and writes the file).
+async fn open_pin_file(file: PathBuf, store: MemoryStore) -> Result<Arc<PinFile>, StartError> {
+    tokio::task::spawn_blocking(move || PinFile::open(&file, store).0)
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))
 }

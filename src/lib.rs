@@ -32,6 +32,7 @@ pub mod backend;
 pub mod civil;
 pub mod cli;
 pub mod config;
+pub mod fdlimit;
 pub mod history;
 pub mod lifecycle;
 pub mod listener;

@@ -27,6 +27,8 @@ pub enum GatewayError {
     Upstream(String),
     NoUpstream(String),
     UpstreamTimeout(String),
+    /// The gateway itself is short of descriptors, socket buffers or memory.
+    LocalResources(String),
 }
 
 impl From<ProbeError> for GatewayError {
@@ -63,6 +65,9 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => {
                 (StatusCode::GATEWAY_TIMEOUT, "GW.UPSTREAM_TIMEOUT")
             }
+            GatewayError::LocalResources(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "GW.LOCAL_RESOURCES")
+            }
         }
     }
 
@@ -83,6 +88,9 @@ impl GatewayError {
             GatewayError::Upstream(s) => format!("upstream failed: {s}"),
             GatewayError::NoUpstream(s) => format!("no upstream can take the request: {s}"),
             GatewayError::UpstreamTimeout(s) => format!("upstream timed out: {s}"),
+            GatewayError::LocalResources(s) => {
+                format!("the gateway is out of local resources (not the upstream's fault): {s}")
+            }
         }
     }
 
@@ -219,6 +227,11 @@ mod tests {
                 GatewayError::UpstreamTimeout("x".into()),
                 504,
                 "GW.UPSTREAM_TIMEOUT",
+            ),
+            (
+                GatewayError::LocalResources("x".into()),
+                503,
+                "GW.LOCAL_RESOURCES",
             ),
         ];
         for (e, status, code) in rows {

@@ -25,7 +25,8 @@ pub struct Limits {
     pub max_body: u64,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
-    pub max_connections: u32,
+    /// `None`: derived at start from the file-descriptor limit ([`crate::fdlimit`]).
+    pub max_connections: Option<u32>,
 }
 
 impl Default for Limits {
@@ -34,7 +35,7 @@ impl Default for Limits {
             max_body: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
+            max_connections: None,
         }
     }
 }

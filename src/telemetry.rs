@@ -32,31 +32,97 @@ const LOG_BUFFER_MAX: usize = 16 * 1024 * 1024;
 /// How long the writer lets lines gather after the first one arrives.
 const BATCH_DELAY: Duration = Duration::from_millis(10);
 
-/// Keep this alive for the life of the process: dropping it writes what is buffered and stops
-/// the writer thread.
+/// How long dropping a [`LogGuard`] waits for the writer when [`LogGuard::finish`] was not
+/// called.
+const DEFAULT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// Keep this alive for the life of the process: [`finish`](Self::finish) (or dropping it)
+/// writes what is buffered and stops the writer thread, waiting a bounded time.
 pub struct LogGuard {
     sink: LogSink,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl LogGuard {
+    /// Write what is buffered, waiting at most `limit`: a log pipe nobody reads must not hold
+    /// the exit. When the writer does not finish in time, what it still holds is dropped and
+    /// that is said on stderr if stderr takes it without blocking. True when all was written.
+    pub fn finish(mut self, limit: Duration) -> bool {
+        self.stop(limit)
+    }
+
+    fn stop(&mut self, limit: Duration) -> bool {
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        let shared = &self.sink.shared;
+        let end = tokio::time::Instant::now() + limit;
+        let mut st = shared.lock();
+        st.shutdown = true;
+        shared.wake.notify_all();
+        while !st.done {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                let pending = st.buf.len() + st.writing;
+                drop(st);
+                let dropped = shared.dropped.load(Ordering::Relaxed);
+                say_dropped_at_exit(pending, dropped, limit);
+                // The thread stays blocked in its write; the process exit ends it.
+                return false;
+            }
+            st = shared
+                .finished
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(st);
+        let _ = thread.join();
+        true
+    }
+}
+
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        self.sink.shared.lock().shutdown = true;
-        self.sink.shared.wake.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        self.stop(DEFAULT_FLUSH_LIMIT);
+    }
+}
+
+/// The last word of a log that could not be flushed: straight to file descriptor 2, made
+/// non-blocking first (std's stderr handle may be locked by the blocked writer thread).
+fn say_dropped_at_exit(bytes: usize, lines: u64, limit: Duration) {
+    let msg = format!(
+        "graygate: the log output did not take the last {bytes} bytes within {limit:?} at exit (a pipe nobody reads?); they were dropped (and {lines} lines before them)\n"
+    );
+    #[cfg(unix)]
+    {
+        use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+        let fd = rustix::stdio::stderr();
+        if let Ok(flags) = fcntl_getfl(fd) {
+            let _ = fcntl_setfl(fd, flags | OFlags::NONBLOCK);
         }
+        let _ = rustix::io::write(fd, msg.as_bytes());
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = msg;
     }
 }
 
 struct State {
     buf: Vec<u8>,
     shutdown: bool,
+    /// Bytes taken by the writer and not yet written.
+    writing: usize,
+    /// The writer thread has written everything and stopped.
+    done: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Signalled when the writer has stopped (`State::done`).
+    finished: Condvar,
     dropped: AtomicU64,
 }
 
@@ -80,8 +146,11 @@ impl LogSink {
             state: Mutex::new(State {
                 buf: Vec::with_capacity(64 * 1024),
                 shutdown: false,
+                writing: 0,
+                done: false,
             }),
             wake: Condvar::new(),
+            finished: Condvar::new(),
             dropped: AtomicU64::new(0),
         });
         let sink = LogSink { shared, json };
@@ -125,8 +194,13 @@ impl LogSink {
             if !shutdown {
                 std::thread::sleep(BATCH_DELAY);
             }
-            std::mem::swap(&mut self.shared.lock().buf, &mut spare);
+            {
+                let mut st = self.shared.lock();
+                std::mem::swap(&mut st.buf, &mut spare);
+                st.writing = spare.len();
+            }
             let _ = out.write_all(&spare);
+            self.shared.lock().writing = 0;
             spare.clear();
             if spare.capacity() > 1024 * 1024 {
                 spare.shrink_to(64 * 1024);
@@ -138,6 +212,8 @@ impl LogSink {
             let _ = out.flush();
         }
         let _ = out.flush();
+        self.shared.lock().done = true;
+        self.shared.finished.notify_all();
     }
 
     fn dropped_line(&self, n: u64) -> String {
@@ -480,6 +556,31 @@ mod tests {
         assert_eq!(v["total_us"], 321);
         assert_eq!(v["upstream_us"], 200);
         assert!(v.get("error").is_none() && v.get("fallback_from").is_none());
+    }
+
+    #[test]
+    fn a_blocked_output_does_not_hold_the_exit() {
+        /// A pipe nobody reads: every write blocks until the test ends.
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl Write for Stuck {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.recv();
+                Err(std::io::Error::other("closed"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (sink, guard) = LogSink::start(Stuck(rx), true);
+        sink.append(b"first line\n");
+        std::thread::sleep(BATCH_DELAY * 3);
+        sink.append(b"second line\n");
+        let started = tokio::time::Instant::now();
+        assert!(!guard.finish(Duration::from_millis(200)), "reported as not flushed");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        drop(tx);
     }
 
     #[test]

@@ -34,6 +34,10 @@ mod replicas;
 /// max_connections, timeouts and retries (issue 9, acceptance 1).
 mod resilience;
 
+/// Faults of the gateway's own making: kill -9 with pins, its own descriptor shortage, a blocked
+/// log pipe at exit, error answers with the decision header, a Redis restart (issue 15).
+mod own_faults;
+
 /// Hostile clients: thousands of slow/idle connections, smuggling shapes, oversized headers,
 /// short bodies, clients that stop reading (issue 9, acceptances 2 and 3).
 mod hostile;

@@ -521,3 +521,60 @@ async fn gateway_starts_and_serves_before_redis_is_up() {
         assert_eq!(redis.cluster_of(&u).await.as_deref(), Some("canary"));
     }
 }
+
+/// Issue 15: Redis restarts (keeping its data) while a replica sits idle. The replica's first
+/// command afterwards finds its kept connection dead; it must not fail (no store error, no
+/// degraded state) and the turn must follow the call's pin from Redis rather than be served
+/// as an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_replica_survives_a_redis_restart_without_a_store_error() {
+    if !redis_or_skip("idle_replica_survives_a_redis_restart_without_a_store_error") {
+        return;
+    }
+    let mut redis = RedisServer::start().await;
+    let (stable, canary) = (
+        Upstream::start("stable").await,
+        Upstream::start("canary").await,
+    );
+    let yaml = config(
+        &stable,
+        &canary,
+        &redis,
+        "rules:\n  - { name: half, split: { stable: 50, canary: 50 } }\ndefault: stable\n",
+    );
+    let a = Gateway::start(&yaml).await;
+    let b = Gateway::start(&yaml).await;
+    let c = Client::new();
+    // B has a connection to Redis; the calls live in Redis only (B never saw them).
+    turn(&c, &b, "warm-b", 8).await;
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        let u = format!("restart-{i}");
+        calls.push((u.clone(), turn(&c, &a, &u, 8).await.0));
+    }
+    // Redis restarts with its data (an RDB written just before), as a managed Redis does.
+    let mut direct = redis.conn().await;
+    let _: () = redis::cmd("SAVE").query_async(&mut direct).await.unwrap();
+    drop(direct);
+    redis.kill();
+    redis.spawn().await;
+    assert_eq!(
+        redis.cluster_of("restart-0").await.as_ref(),
+        Some(&calls[0].1)
+    );
+    let errors_before = b.metric("graygate_pin_store_errors_total", &[]).await;
+    for (u, cluster) in &calls {
+        assert_eq!(
+            turn(&c, &b, u, 9).await,
+            (cluster.clone(), "kept".into()),
+            "{u}: the first commands after the restart"
+        );
+    }
+    assert_eq!(
+        b.metric("graygate_pin_store_errors_total", &[]).await,
+        errors_before,
+        "no store error on the idle replica"
+    );
+    assert_eq!(store_view(&c, &b).await["state"], "ok");
+    assert_eq!(b.metric("graygate_orphan_turns_total", &[]).await, 0.0);
+}

@@ -27,6 +27,8 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     pub readiness: Arc<Readiness>,
     pub history: Arc<History>,
+    /// The continuous `pins.snapshot` writer, for its view.
+    pub pin_file: Option<Arc<crate::pins::persist::PinFile>>,
 }
 
 pub type AdminBody = Full<Bytes>;

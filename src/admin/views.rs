@@ -154,6 +154,7 @@ pub fn config(a: &Admin) -> serde_json::Value {
             "end_grace_ms": snap.pins.end_grace.as_millis() as u64,
             "orphan_turns": format!("{:?}", snap.pins.orphan_turns).to_lowercase(),
             "store": a.pins.view(),
+            "snapshot": a.pin_file.as_ref().map(|f| f.view()),
         },
         "clusters": clusters,
         "rules": rules,

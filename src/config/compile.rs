@@ -346,8 +346,8 @@ fn compile_limits(ctx: &mut Ctx, l: Option<&raw::RawLimits>) -> Limits {
     if max_body == 0 {
         ctx.err("limits.max_body", "must be more than 0 bytes");
     }
-    let max_connections = l.max_connections.unwrap_or(d.max_connections);
-    if max_connections == 0 {
+    let max_connections = l.max_connections.or(d.max_connections);
+    if max_connections == Some(0) {
         ctx.err("limits.max_connections", "must be at least 1");
     }
     Limits {

@@ -42,6 +42,9 @@ pub struct ListenOptions {
     /// `dialog` or `admin`: the `listener` label.
     pub name: &'static str,
     pub max_connections: usize,
+    /// Spare descriptors held open and given up, one at a time, to accept a connection when
+    /// the process has run out (`EMFILE`); retaken when descriptors are free again.
+    pub reserve_fds: usize,
     pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish after shutdown begins.
     pub grace: Duration,
@@ -92,7 +95,14 @@ pub async fn serve<F, Fut, B>(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let tasks = tokio_util_tasks::Tracker::default();
+    let mut spares = Spares::new(opts.reserve_fds);
+    let mut accept_errors = AcceptErrors::default();
+    let mut retake = true;
     loop {
+        if retake {
+            spares.refill();
+        }
+        retake = true;
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.wait() => break,
@@ -100,8 +110,16 @@ pub async fn serve<F, Fut, B>(
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(listener = opts.name, error = %e, "accept failed");
+                let local = crate::fdlimit::is_local(&e);
+                if local && spares.give_one() {
+                    // A spare descriptor is free now: take the waiting connection with it
+                    // (not retaking the spare first).
+                    retake = false;
+                    continue;
+                }
+                accept_errors.log(opts.name, &e, local);
+                // EMFILE and friends: back off briefly instead of spinning (the connection
+                // waits in the kernel's backlog).
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -177,6 +195,64 @@ pub async fn serve<F, Fut, B>(
             listener = opts.name,
             "grace period over; closing the connections that are left"
         );
+    }
+}
+
+/// Spare descriptors (`/dev/null` opened read-only) a listener can give up to accept.
+struct Spares {
+    want: usize,
+    held: Vec<std::fs::File>,
+}
+
+impl Spares {
+    fn new(want: usize) -> Spares {
+        let mut s = Spares {
+            want,
+            held: Vec::with_capacity(want),
+        };
+        s.refill();
+        s
+    }
+
+    /// Retake spares while descriptors are available (cheap when none is missing).
+    fn refill(&mut self) {
+        while self.held.len() < self.want {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => self.held.push(f),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Close one spare; false when none is left.
+    fn give_one(&mut self) -> bool {
+        self.held.pop().is_some()
+    }
+}
+
+/// Accept errors, logged at most once a second with how many there were.
+#[derive(Default)]
+struct AcceptErrors {
+    last: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+impl AcceptErrors {
+    fn log(&mut self, listener: &str, e: &std::io::Error, local: bool) {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        let n = std::mem::take(&mut self.since);
+        self.last = Some(tokio::time::Instant::now());
+        if local {
+            tracing::warn!(listener, error = %e, errors = n, "accept failed: this process is out of descriptors or memory (backing off)");
+        } else {
+            tracing::warn!(listener, error = %e, errors = n, "accept failed");
+        }
     }
 }
 

@@ -13,12 +13,11 @@
 //! accounts for the time the process was down.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::names::{self, NameId};
@@ -47,6 +46,8 @@ struct Inner {
     hasher: ahash::RandomState,
     epoch: Instant,
     metrics: Metrics,
+    /// Changed since the snapshot writer last looked ([`MemoryStore::take_dirty`]).
+    dirty: AtomicBool,
 }
 
 impl MemoryStore {
@@ -60,6 +61,7 @@ impl MemoryStore {
                 hasher: ahash::RandomState::new(),
                 epoch: Instant::now(),
                 metrics,
+                dirty: AtomicBool::new(false),
             }),
         }
     }
@@ -121,6 +123,9 @@ impl MemoryStore {
                 live
             });
         }
+        if !gone.is_empty() {
+            self.changed();
+        }
         for pin in &gone {
             let reason = if pin.ending {
                 ReleaseReason::EndGrace
@@ -164,6 +169,7 @@ impl MemoryStore {
             },
         );
         drop(map);
+        self.changed();
         if let Some(old) = old {
             let reason = if old.pin.ending {
                 ReleaseReason::EndGrace
@@ -195,84 +201,29 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Write every live pin to `path` (JSON lines, wall-clock deadlines), atomically by rename.
-    pub fn save(&self, path: &Path) -> std::io::Result<usize> {
-        let now = self.now_ms();
-        let wall = wall_ms();
-        let mut out = Vec::new();
-        let mut n = 0;
-        for s in self.inner.shards.iter() {
-            let map = s.lock().unwrap_or_else(|p| p.into_inner());
-            for (k, e) in map.iter() {
-                if e.deadline <= now {
-                    continue;
-                }
-                let rec = SavedPin {
-                    userid: k.to_string(),
-                    cluster: names::name(e.pin.cluster).to_string(),
-                    rule: names::name(e.pin.rule).to_string(),
-                    generation: e.pin.generation,
-                    created_at_ms: e.pin.created_at_ms,
-                    expires_at_ms: wall + (e.deadline - now),
-                    ending: e.pin.ending,
-                };
-                serde_json::to_writer(&mut out, &rec).map_err(std::io::Error::other)?;
-                out.push(b'\n');
-                n += 1;
-            }
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &out)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(n)
+    /// Put a pin read from `pins.snapshot` back (first writer wins, like `create`).
+    pub fn restore(&self, userid: &str, pin: Pin, ttl: Duration) {
+        self.insert_new(userid, pin, ttl);
     }
 
-    /// Read pins saved by [`save`](Self::save); expired entries and bad lines are skipped.
-    /// Returns (loaded, skipped).
-    pub fn load(&self, path: &Path) -> std::io::Result<(usize, usize)> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
-            Err(e) => return Err(e),
-        };
-        let wall = wall_ms();
-        let (mut loaded, mut skipped) = (0, 0);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Ok(rec) = serde_json::from_str::<SavedPin>(line) else {
-                skipped += 1;
-                continue;
-            };
-            if rec.expires_at_ms <= wall || rec.userid.is_empty() {
-                skipped += 1;
-                continue;
-            }
-            let pin = Pin {
-                cluster: names::intern(&rec.cluster),
-                rule: names::intern(&rec.rule),
-                generation: rec.generation,
-                created_at_ms: rec.created_at_ms,
-                ending: rec.ending,
-            };
-            self.insert_new(
-                &rec.userid,
-                pin,
-                Duration::from_millis(rec.expires_at_ms - wall),
-            );
-            loaded += 1;
-        }
-        Ok((loaded, skipped))
+    /// True when the table changed since the last call (the snapshot writer's question).
+    pub fn take_dirty(&self) -> bool {
+        self.inner.dirty.swap(false, Ordering::AcqRel)
     }
-}
 
-#[derive(Serialize, Deserialize)]
-struct SavedPin {
-    userid: String,
-    cluster: String,
-    rule: String,
-    generation: u64,
-    created_at_ms: u64,
-    expires_at_ms: u64,
-    ending: bool,
+    /// Say the table changed (a failed snapshot write tries again).
+    pub fn mark_dirty(&self) {
+        self.inner.dirty.store(true, Ordering::Release);
+    }
+
+    /// Every change calls this: a load, and a store only once per snapshot period, so that
+    /// turns on several cores do not fight over the cache line.
+    #[inline]
+    fn changed(&self) {
+        if !self.inner.dirty.load(Ordering::Relaxed) {
+            self.inner.dirty.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -292,6 +243,7 @@ impl PinStore for MemoryStore {
             let old = e.pin;
             map.remove(userid);
             drop(map);
+            self.changed();
             let reason = if old.ending {
                 ReleaseReason::EndGrace
             } else {
@@ -303,7 +255,10 @@ impl PinStore for MemoryStore {
         if !e.pin.ending {
             e.deadline = now + idle_ttl.as_millis() as u64;
         }
-        Some(e.pin)
+        let pin = e.pin;
+        drop(map);
+        self.changed();
+        Some(pin)
     }
 
     async fn create(&self, userid: &str, pin: Pin, ttl: Duration) -> Pin {
@@ -317,6 +272,8 @@ impl PinStore for MemoryStore {
             if !e.pin.ending {
                 e.pin.ending = true;
                 e.deadline = now + end_grace.as_millis() as u64;
+                drop(map);
+                self.changed();
             }
         }
     }
@@ -325,6 +282,7 @@ impl PinStore for MemoryStore {
         let old = self.shard(userid).remove(userid);
         match old {
             Some(e) => {
+                self.changed();
                 self.count_release(&e.pin, reason);
                 true
             }
@@ -390,23 +348,5 @@ mod tests {
         assert_eq!(a.cluster, b.cluster);
         assert!(s.release("u", ReleaseReason::Admin).await);
         assert!(!s.release("u", ReleaseReason::Admin).await);
-    }
-
-    #[tokio::test]
-    async fn snapshot_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pins.jsonl");
-        let s = MemoryStore::new(Metrics::new());
-        for i in 0..100 {
-            s.create(&format!("u{i}"), pin("canary"), Duration::from_secs(60))
-                .await;
-        }
-        assert_eq!(s.save(&path).unwrap(), 100);
-        let t = MemoryStore::new(Metrics::new());
-        assert_eq!(t.load(&path).unwrap(), (100, 0));
-        assert_eq!(
-            names::name(t.peek("u7").await.unwrap().cluster).as_ref(),
-            "canary"
-        );
     }
 }

@@ -8,6 +8,7 @@
 pub mod lifecycle;
 pub mod memory;
 pub mod names;
+pub mod persist;
 pub mod redis;
 
 use std::future::Future;

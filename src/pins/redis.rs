@@ -225,6 +225,14 @@ fn is_connection_error(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
+/// The kept connection was found dead on use (the server closed it while it sat idle): the
+/// command never reached Redis, or reached a server that is gone.
+fn is_stale_connection(e: &RedisError) -> bool {
+    // Broken pipe, reset, EOF, …: the multiplexed connection is gone and the manager replaces
+    // it; `is_unrecoverable_error` is the client's own "reconnect" verdict.
+    e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
 /// The four `op` labels of spec §6, with their handles resolved once.
 struct Op {
     label: &'static str,
@@ -374,8 +382,14 @@ impl RedisStore {
 
     /// Run one Redis command for `op` under `redis.timeout`. `Err(())` means "use the local
     /// table": Redis was skipped (degraded), failed, or was late; the error is counted.
-    async fn call<T, F>(&self, op: &Op, fut: F) -> Result<T, ()>
+    ///
+    /// `send` makes the command's future on a connection handle. A command that fails because
+    /// the kept connection turned out dead (Redis restarted while this replica was idle: the
+    /// first write gets a broken pipe) is sent once more, on the connection the manager opens
+    /// in its place, within the same timeout; every command here is safe to repeat.
+    async fn call<T, F, S>(&self, op: &Op, mut send: S) -> Result<T, ()>
     where
+        S: FnMut(ConnectionManager) -> F + Send,
         F: Future<Output = RedisResult<T>> + Send,
     {
         if !self.is_healthy() {
@@ -383,7 +397,17 @@ impl RedisStore {
             return Err(());
         }
         let start = Instant::now();
-        let r = tokio::time::timeout(self.inner.timeout, fut).await;
+        let conn = self.inner.conn.clone();
+        let attempt = async {
+            match send(conn.clone()).await {
+                Err(e) if is_stale_connection(&e) => {
+                    tracing::debug!(op = op.label, error = %e, "redis connection was dead; sending again on a new one");
+                    send(conn).await
+                }
+                r => r,
+            }
+        };
+        let r = tokio::time::timeout(self.inner.timeout, attempt).await;
         op.timer.observe(start.elapsed().as_secs_f64());
         match r {
             Ok(Ok(v)) => Ok(v),
@@ -743,14 +767,13 @@ impl RedisStore {
 impl PinStore for RedisStore {
     async fn get(&self, userid: &str, idle_ttl: Duration) -> Option<Pin> {
         let idle_ms = (idle_ttl.as_millis() as u64).max(1);
-        let mut conn = self.inner.conn.clone();
         let mut inv = self.inner.get_script.prepare_invoke();
         inv.key(self.key(userid)).arg(idle_ms);
+        let inv = &inv;
         let answer = self
-            .call(
-                &self.inner.op_get,
-                inv.invoke_async::<Option<(String, i64)>>(&mut conn),
-            )
+            .call(&self.inner.op_get, |mut conn| async move {
+                inv.invoke_async::<Option<(String, i64)>>(&mut conn).await
+            })
             .await;
         let local = &self.inner.local;
         match answer {
@@ -782,7 +805,6 @@ impl PinStore for RedisStore {
 
     async fn create(&self, userid: &str, pin: Pin, ttl: Duration) -> Pin {
         let ttl_ms = (ttl.as_millis() as u64).max(1);
-        let mut conn = self.inner.conn.clone();
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(userid))
             .arg(encode(&pin))
@@ -790,11 +812,11 @@ impl PinStore for RedisStore {
             .arg("GET")
             .arg("PX")
             .arg(ttl_ms);
+        let cmd = &cmd;
         let answer = self
-            .call(
-                &self.inner.op_put,
-                cmd.query_async::<Option<String>>(&mut conn),
-            )
+            .call(&self.inner.op_put, |mut conn| async move {
+                cmd.query_async::<Option<String>>(&mut conn).await
+            })
             .await;
         match answer {
             Ok(None) => {
@@ -826,11 +848,13 @@ impl PinStore for RedisStore {
 
     async fn end(&self, userid: &str, end_grace: Duration) {
         let grace_ms = (end_grace.as_millis() as u64).max(1);
-        let mut conn = self.inner.conn.clone();
         let mut inv = self.inner.end_script.prepare_invoke();
         inv.key(self.key(userid)).arg(grace_ms);
+        let inv = &inv;
         let answer = self
-            .call(&self.inner.op_touch, inv.invoke_async::<i64>(&mut conn))
+            .call(&self.inner.op_touch, |mut conn| async move {
+                inv.invoke_async::<i64>(&mut conn).await
+            })
             .await;
         self.inner.local.end(userid, end_grace).await;
         if answer.is_err() {
@@ -839,14 +863,13 @@ impl PinStore for RedisStore {
     }
 
     async fn release(&self, userid: &str, reason: ReleaseReason) -> bool {
-        let mut conn = self.inner.conn.clone();
         let mut cmd = redis::cmd("GETDEL");
         cmd.arg(self.key(userid));
+        let cmd = &cmd;
         let answer = self
-            .call(
-                &self.inner.op_release,
-                cmd.query_async::<Option<String>>(&mut conn),
-            )
+            .call(&self.inner.op_release, |mut conn| async move {
+                cmd.query_async::<Option<String>>(&mut conn).await
+            })
             .await;
         let local_pin = self.inner.local.peek(userid).await;
         self.inner.local.release(userid, reason).await;
@@ -870,14 +893,13 @@ impl PinStore for RedisStore {
     }
 
     async fn peek(&self, userid: &str) -> Option<Pin> {
-        let mut conn = self.inner.conn.clone();
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.key(userid));
+        let cmd = &cmd;
         let answer = self
-            .call(
-                &self.inner.op_get,
-                cmd.query_async::<Option<String>>(&mut conn),
-            )
+            .call(&self.inner.op_get, |mut conn| async move {
+                cmd.query_async::<Option<String>>(&mut conn).await
+            })
             .await;
         match answer {
             Ok(Some(v)) => match decode(&v) {

@@ -275,6 +275,12 @@ pub async fn send(
             },
         };
         drop(guard);
+        if err.is_local() {
+            // Our own shortage (EMFILE and friends): not the endpoint's fault, so no health or
+            // outlier count, no retry elsewhere (it would fail the same way) and no fallback.
+            tracing::warn!(cluster = %pool.name, endpoint = %endpoint.url, error = %err, "local resources exhausted: request not sent");
+            return Err(failed(to_gateway(err)));
+        }
         pool.record_failure(&state, &endpoint, &err.to_string());
         tracing::warn!(cluster = %pool.name, endpoint = %endpoint.url, error = %err, "upstream request failed");
         let retry = !err.reached_endpoint()
@@ -300,5 +306,6 @@ fn to_gateway(e: UpstreamError) -> GatewayError {
         UpstreamError::Connect { .. } | UpstreamError::Broken { .. } => {
             GatewayError::Upstream(e.to_string())
         }
+        UpstreamError::Local { .. } => GatewayError::LocalResources(e.to_string()),
     }
 }

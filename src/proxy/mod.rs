@@ -134,7 +134,19 @@ impl Proxy {
         }
         .unwrap_or_else(|e| {
             rec.error_code = Some(e.row().1);
-            e.response(rec.userid.as_deref())
+            let mut r = e.response(rec.userid.as_deref());
+            // The gateway's own answer to a turn that was routed still says where it went.
+            if snap.decision_header {
+                if let (Some(pin), Some(cluster)) = (rec.pin, rec.cluster.as_deref()) {
+                    let rule = rec.rule.as_deref().unwrap_or("-");
+                    let fallback = rec.fallback_from.as_deref();
+                    if let Some(v) = decision_header(rule, cluster, pin, snap.generation, fallback)
+                    {
+                        r.headers_mut().insert(DECISION_HEADER, v);
+                    }
+                }
+            }
+            r
         });
         rec.status = resp.status().as_u16();
         if !resp.headers().contains_key(&forward::X_REQUEST_ID) {
@@ -304,6 +316,18 @@ impl Proxy {
                     request_id: &request_id,
                 };
                 forward::send(&pool, out, &turn.userid, strict, rec).await?
+            }
+            // A pinned turn that reached no endpoint of its cluster: one answer, 503, whether
+            // the endpoints are already marked down or not yet (spec §10).
+            Err(f) if f.unreachable && kind == PinKind::Kept => {
+                return Err(match f.error {
+                    GatewayError::NoUpstream(m) => GatewayError::NoUpstream(m),
+                    other => GatewayError::NoUpstream(format!(
+                        "no endpoint of cluster `{}` could be reached for this pinned call ({})",
+                        pool.name,
+                        other.message()
+                    )),
+                })
             }
             Err(f) => return Err(f.error),
         };

@@ -144,6 +144,10 @@ pub enum UpstreamError {
         cluster: Arc<str>,
         why: &'static str,
     },
+    /// This process is short of a resource (descriptors, socket buffers, memory) and could not
+    /// even try the endpoint: never the endpoint's fault (see [`crate::fdlimit`]).
+    #[error("gateway out of local resources while connecting to {endpoint}: {reason}")]
+    Local { endpoint: Arc<str>, reason: String },
 }
 
 impl UpstreamError {
@@ -151,13 +155,25 @@ impl UpstreamError {
     pub fn reached_endpoint(&self) -> bool {
         !matches!(
             self,
-            UpstreamError::Connect { .. } | UpstreamError::NoUpstream { .. }
+            UpstreamError::Connect { .. }
+                | UpstreamError::NoUpstream { .. }
+                | UpstreamError::Local { .. }
         )
+    }
+
+    /// The error is the gateway's own shortage: it says nothing about the endpoint.
+    pub fn is_local(&self) -> bool {
+        matches!(self, UpstreamError::Local { .. })
     }
 
     pub fn classify(endpoint: &Arc<str>, e: hyper_util::client::legacy::Error) -> UpstreamError {
         let reason = error_chain(&e);
-        if e.is_connect() {
+        if crate::fdlimit::is_local_in_chain(&e) {
+            UpstreamError::Local {
+                endpoint: endpoint.clone(),
+                reason,
+            }
+        } else if e.is_connect() {
             UpstreamError::Connect {
                 endpoint: endpoint.clone(),
                 reason,

@@ -191,6 +191,12 @@ async fn connect(
     let stream =
         match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(authority)).await {
             Ok(Ok(s)) => s,
+            Ok(Err(e)) if crate::fdlimit::is_local(&e) => {
+                return Err(UpstreamError::Local {
+                    endpoint: endpoint.clone(),
+                    reason: format!("tcp connect: {e}"),
+                })
+            }
             Ok(Err(e)) => return Err(failed(format!("tcp connect error: {e}"))),
             Err(_) => {
                 return Err(failed(format!(

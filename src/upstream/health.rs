@@ -83,7 +83,15 @@ async fn check_all(pool: &Arc<ClusterPool>, spec: &HealthSpec) {
         }
     });
     for (e, outcome) in futures_util::future::join_all(checks).await {
-        apply(pool, &e, spec, outcome);
+        match outcome {
+            Ok(()) => apply(pool, &e, spec, Ok(())),
+            // This process could not even make the check (out of descriptors, buffers,
+            // memory): no verdict either way, the endpoint is not to blame.
+            Err(Failure::Local(why)) => {
+                tracing::warn!(cluster = %pool.name, endpoint = %e.url, reason = %why, "health check not made: local resources exhausted")
+            }
+            Err(Failure::Endpoint(why)) => apply(pool, &e, spec, Err(why)),
+        }
     }
 }
 
@@ -122,12 +130,20 @@ pub fn apply(pool: &ClusterPool, e: &Endpoint, spec: &HealthSpec, outcome: Resul
     }
 }
 
+/// Why a check did not pass.
+enum Failure {
+    /// The endpoint failed it.
+    Endpoint(String),
+    /// This process could not make it (`EMFILE` and friends).
+    Local(String),
+}
+
 /// One check of one endpoint, bounded by `spec.timeout`.
 async fn check_one(
     client: &super::client::Client,
     e: &Endpoint,
     spec: &HealthSpec,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let fut = async {
         match &spec.path {
             None => tcp_check(e).await,
@@ -136,27 +152,36 @@ async fn check_one(
     };
     match tokio::time::timeout(spec.timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {:?}", spec.timeout)),
+        Err(_) => Err(Failure::Endpoint(format!(
+            "no answer within {:?}",
+            spec.timeout
+        ))),
     }
 }
 
-async fn tcp_check(e: &Endpoint) -> Result<(), String> {
+async fn tcp_check(e: &Endpoint) -> Result<(), Failure> {
     let Some(auth) = &e.authority else {
-        return Err(format!("`{}` has no host:port", e.url));
+        return Err(Failure::Endpoint(format!("`{}` has no host:port", e.url)));
     };
     let port = auth.port_u16().unwrap_or(if e.https { 443 } else { 80 });
     let host = auth.host().trim_start_matches('[').trim_end_matches(']');
     tokio::net::TcpStream::connect((host, port))
         .await
         .map(drop)
-        .map_err(|err| format!("connect: {err}"))
+        .map_err(|err| {
+            if crate::fdlimit::is_local(&err) {
+                Failure::Local(format!("connect: {err}"))
+            } else {
+                Failure::Endpoint(format!("connect: {err}"))
+            }
+        })
 }
 
 async fn http_check(
     client: &super::client::Client,
     e: &Endpoint,
     path: &str,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(if e.https {
         http::uri::Scheme::HTTPS
@@ -166,22 +191,28 @@ async fn http_check(
     parts.authority = e.authority.clone();
     parts.path_and_query = Some(
         path.parse()
-            .map_err(|err| format!("health path `{path}`: {err}"))?,
+            .map_err(|err| Failure::Endpoint(format!("health path `{path}`: {err}")))?,
     );
-    let uri = http::Uri::from_parts(parts).map_err(|err| err.to_string())?;
+    let uri = http::Uri::from_parts(parts).map_err(|err| Failure::Endpoint(err.to_string()))?;
     let mut req = http::Request::new(ReqBody::Full(Full::new(Bytes::new())));
     *req.uri_mut() = uri;
     req.headers_mut().insert(
         http::header::USER_AGENT,
         http::HeaderValue::from_static("graygate-health"),
     );
-    let resp = client.request(req).await.map_err(|err| error_chain(&err))?;
+    let resp = client.request(req).await.map_err(|err| {
+        if crate::fdlimit::is_local_in_chain(&err) {
+            Failure::Local(error_chain(&err))
+        } else {
+            Failure::Endpoint(error_chain(&err))
+        }
+    })?;
     let status = resp.status();
     // Read the answer (within the check's timeout) so the connection can be reused.
     let _ = resp.into_body().collect().await;
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("GET {path} answered {status}"))
+        Err(Failure::Endpoint(format!("GET {path} answered {status}")))
     }
 }

@@ -497,15 +497,36 @@ impl Process {
     }
 
     pub async fn spawn(dir: tempfile::TempDir, path: PathBuf, d: u16, a: u16) -> Process {
+        Self::spawn_custom(dir, path, d, a, &[], |_| {}).await
+    }
+
+    /// [`spawn`](Self::spawn) under a wrapper command (e.g. `["prlimit", "--nofile=256:256"]`),
+    /// with a last say on the command (stdio, environment) before it runs.
+    pub async fn spawn_custom(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        d: u16,
+        a: u16,
+        wrapper: &[&str],
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Process {
         let log = dir.path().join(format!("gateway-{d}.log"));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_graygate"))
-            .args(["serve", "-c"])
+        let bin = env!("CARGO_BIN_EXE_graygate");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        cmd.args(["serve", "-c"])
             .arg(&path)
             .args(["--log-format", "json"])
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&log).unwrap());
+        configure(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let p = Process {
             child,
             dialog: ([127, 0, 0, 1], d).into(),
