@@ -577,7 +577,10 @@ mod tests {
         std::thread::sleep(BATCH_DELAY * 3);
         sink.append(b"second line\n");
         let started = tokio::time::Instant::now();
-        assert!(!guard.finish(Duration::from_millis(200)), "reported as not flushed");
+        assert!(
+            !guard.finish(Duration::from_millis(200)),
+            "reported as not flushed"
+        );
         let took = started.elapsed();
         assert!(took < Duration::from_secs(2), "{took:?}");
         drop(tx);

@@ -56,7 +56,7 @@ use super::memory::{wall_ms, MemoryStore};
 use super::names;
 use super::Pin;
 
-/// How often the writer looks for changes.
+/// How often the writer looks for changes (longer after a long write, see [`pause_after`]).
 pub const WRITE_EVERY: Duration = Duration::from_millis(500);
 /// The format version written.
 pub const VERSION: u64 = 2;
@@ -288,9 +288,10 @@ impl Shared {
         loop {
             {
                 let st = self.lock();
+                let pause = pause_after(st.last_write_took);
                 let (st, _) = self
                     .wake
-                    .wait_timeout_while(st, WRITE_EVERY, |s| !s.stop)
+                    .wait_timeout_while(st, pause, |s| !s.stop)
                     .unwrap_or_else(|p| p.into_inner());
                 if st.stop {
                     drop(st);
@@ -444,6 +445,16 @@ impl Shared {
     }
 }
 
+/// The pause between looks: [`WRITE_EVERY`], longer after a long write (so that a large table
+/// costs the writer at most about a quarter of a core), but never so long that a change waits
+/// more than a second for its write (plus the write itself).
+fn pause_after(last_write: Duration) -> Duration {
+    (last_write * 3)
+        .max(WRITE_EVERY)
+        .min(Duration::from_secs(1).saturating_sub(last_write))
+        .max(Duration::from_millis(100))
+}
+
 enum WriteError {
     Lost(String),
     Io(std::io::Error),
@@ -475,30 +486,33 @@ impl<W: Write> Write for Counting<W> {
 fn write_pins(store: &MemoryStore, out: &mut impl Write) -> std::io::Result<usize> {
     let wall = wall_ms();
     let mut n = 0;
-    let mut line = String::with_capacity(160);
+    // Names by id, looked up once per write rather than once per pin.
+    let mut names_seen: Vec<Option<std::sync::Arc<str>>> = Vec::new();
+    let mut name = |id: names::NameId| -> std::sync::Arc<str> {
+        let i = id.0 as usize;
+        if i >= names_seen.len() {
+            names_seen.resize(i + 1, None);
+        }
+        names_seen[i].get_or_insert_with(|| names::name(id)).clone()
+    };
     for i in 0..store.shard_count() {
         for (userid, pin, left) in store.live_in_shard(i) {
-            line.clear();
-            pin_line(&mut line, &userid, &pin, wall + left.as_millis() as u64);
-            out.write_all(line.as_bytes())?;
+            let (cluster, rule) = (name(pin.cluster), name(pin.rule));
+            let line = (
+                userid.as_str(),
+                &*cluster,
+                &*rule,
+                pin.generation,
+                pin.created_at_ms,
+                wall + left.as_millis() as u64,
+                pin.ending,
+            );
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n")?;
             n += 1;
         }
     }
     Ok(n)
-}
-
-fn pin_line(s: &mut String, userid: &str, pin: &Pin, expires_at_ms: u64) {
-    let v = serde_json::json!([
-        userid,
-        &*names::name(pin.cluster),
-        &*names::name(pin.rule),
-        pin.generation,
-        pin.created_at_ms,
-        expires_at_ms,
-        pin.ending
-    ]);
-    s.push_str(&v.to_string());
-    s.push('\n');
 }
 
 #[derive(Deserialize)]
@@ -790,6 +804,15 @@ mod tests {
         let t = text(&path);
         assert!(t.contains("\"newer\"") && !t.contains("\"older\""), "{t}");
         g.finish(Duration::from_secs(5));
+    }
+
+    #[test]
+    fn pauses() {
+        let ms = Duration::from_millis;
+        assert_eq!(pause_after(ms(5)), WRITE_EVERY);
+        assert_eq!(pause_after(ms(200)), ms(600));
+        assert_eq!(pause_after(ms(400)), ms(600));
+        assert_eq!(pause_after(ms(950)), ms(100));
     }
 
     #[tokio::test]
