@@ -11,6 +11,8 @@
 #   haproxy               Debian package "haproxy" (the PROXY protocol test puts one in front)
 #   prlimit               Debian package "util-linux" (tests/own_faults.rs runs the gateway under
 #                         a low descriptor limit)
+#   chromium              Debian package "chromium" (tests/console.rs drives it headless through
+#                         the DevTools protocol; CI=1 makes a missing browser a failure)
 #   kubernetes-validate   PyPI package "kubernetes-validate" (offline schemas), run as
 #                         "python3 -m kubernetes_validate"
 set -euo pipefail
@@ -30,6 +32,7 @@ command -v redis-server >/dev/null 2>&1 || apt_packages+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || apt_packages+=(redis-sentinel)
 command -v haproxy >/dev/null 2>&1 || apt_packages+=(haproxy)
 command -v prlimit >/dev/null 2>&1 || apt_packages+=(util-linux)
+command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
 if ((${#apt_packages[@]})); then
     log "apt-get install ${apt_packages[*]}"
     apt-get update -qq
@@ -57,4 +60,5 @@ python3 -m kubernetes_validate --version >/dev/null
 redis-server --version >/dev/null
 redis-sentinel --version >/dev/null
 haproxy -v >/dev/null
+chromium --version >/dev/null
 log "promtool, systemd-analyze, kustomize ${KUSTOMIZE_VERSION}, kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} ready"

@@ -1,5 +1,8 @@
 //! Spec §12: the audit trail, the observed shares of new calls, and the console `/admin/ui`.
 
+use std::time::Duration;
+
+use crate::support::chromium::{self, Chromium};
 use crate::support::*;
 
 const RULES: &str = "rules:\n  - { name: t, vdn: [101], cluster: canary }\n  - { name: ramp, split: { canary: 10, stable: 90 } }\ndefault: stable\n";
@@ -152,4 +155,361 @@ async fn admin_config_shows_configured_and_observed_shares_of_new_calls() {
     assert!(cfg["default_shares"]["clusters"][0]["observed"].is_null());
     // In-flight per cluster is there (nothing in flight now).
     assert_eq!(cfg["clusters"][0]["inflight"], 0);
+}
+
+// === The console in a real browser ===
+
+const EMBEDDED: &str = "clusters:
+  stable:
+    embedded: { label: stable, instances: 2 }
+  canary:
+    embedded: { label: canary, instances: 2 }
+rules:
+  - { name: canary-tenant, vdn: [101], cluster: canary }
+  - { name: one-in-ten, split: { canary: 10, stable: 90 } }
+default: stable
+";
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Browser calls block: let the gateway run on the other worker meanwhile.
+fn b<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// JavaScript: is there a row for cluster `name` in the clusters table?
+fn cluster_row(name: &str) -> String {
+    format!(
+        "!!document.querySelector('#clusters tbody tr[data-cluster={}]')",
+        serde_json::to_string(name).unwrap()
+    )
+}
+
+/// JavaScript: the text of cell `class` in the rules table row of (rule, cluster).
+fn rule_cell(rule: &str, cluster: &str, class: &str) -> String {
+    format!(
+        "(document.querySelector('#rules tr[data-rule={}][data-cluster={}] td.{class}') || {{}}).textContent || ''",
+        serde_json::to_string(rule).unwrap(),
+        serde_json::to_string(cluster).unwrap()
+    )
+}
+
+/// A share as the page writes it: two decimals under 10%, else one; no trailing zeros.
+fn pct(x: f64) -> String {
+    let v = x * 100.0;
+    let s = if v != 0.0 && v.abs() < 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.1}")
+    };
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &s
+    };
+    format!("{s}%")
+}
+
+async fn some_calls(gw: &Gateway, n: usize, vdn: u32, prefix: &str) {
+    let c = Client::new();
+    for k in 0..n {
+        let a = c
+            .turn(gw, Some(vdn), &format!("{prefix}-{k}"), 8, None)
+            .await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_chromium_shows_clusters_rules_shares_and_history_live() {
+    let Some(bin) = chromium::or_skip("console_in_chromium") else {
+        return;
+    };
+    let gw = Gateway::start(EMBEDDED).await;
+    some_calls(&gw, 200, 7, "ui").await;
+    some_calls(&gw, 3, 101, "tenant").await;
+    let cfg = Client::new()
+        .request("GET", &gw.admin_url("/admin/config"), &[], "")
+        .await
+        .json();
+    let mut br = b(|| Chromium::launch(&bin)).expect("chromium starts");
+    let url = gw.admin_url("/admin/ui");
+    b(|| br.navigate(&url)).unwrap();
+
+    // The clusters a person would look for, each with its state and endpoints.
+    for name in ["stable", "canary"] {
+        b(|| br.wait_for(&cluster_row(name), WAIT))
+            .unwrap_or_else(|e| panic!("{e}\n{}", br.text()));
+    }
+    // The check is not vacuous: a cluster that is not configured is not shown.
+    assert_eq!(b(|| br.eval(&cluster_row("nowhere"))).unwrap(), false);
+    let stable_row =
+        b(|| br.eval("document.querySelector('#clusters tr[data-cluster=\"stable\"]').innerText"))
+            .unwrap();
+    let stable_row = stable_row.as_str().unwrap();
+    assert!(stable_row.contains("active"), "{stable_row}");
+    assert!(stable_row.contains("embedded stable ×2"), "{stable_row}");
+    assert_eq!(
+        b(|| br.eval(
+            "document.querySelectorAll('#clusters tr[data-cluster=\"canary\"] .eps li').length"
+        ))
+        .unwrap(),
+        2
+    );
+    // Pinned calls as the gateway counts them.
+    let pinned = |name: &str| {
+        cfg["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["pinned_calls"]
+            .as_u64()
+            .unwrap()
+    };
+    let shown = b(|| {
+        br.eval(
+            "document.querySelector('#clusters tr[data-cluster=\"canary\"] td.pinned').textContent",
+        )
+    })
+    .unwrap();
+    assert_eq!(shown.as_str().unwrap(), pinned("canary").to_string());
+
+    // Rules with configured and observed shares, as /admin/config computes them.
+    assert_eq!(
+        b(|| br.eval(&rule_cell("one-in-ten", "canary", "configured"))).unwrap(),
+        "10%"
+    );
+    assert_eq!(
+        b(|| br.eval(&rule_cell("one-in-ten", "stable", "configured"))).unwrap(),
+        "90%"
+    );
+    let ten = cfg["rules"][1]["shares"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cluster"] == "canary")
+        .unwrap()
+        .clone();
+    let observed = b(|| br.eval(&rule_cell("one-in-ten", "canary", "observed"))).unwrap();
+    let observed = observed.as_str().unwrap();
+    assert!(
+        observed.starts_with(&pct(ten["observed"].as_f64().unwrap())),
+        "page {observed:?}, api {ten}"
+    );
+    assert_eq!(
+        b(|| br.eval(&rule_cell("one-in-ten", "canary", "calls"))).unwrap(),
+        ten["calls"].as_u64().unwrap().to_string()
+    );
+    assert_eq!(
+        b(|| br.eval(&rule_cell("canary-tenant", "canary", "observed"))).unwrap(),
+        "100%"
+    );
+
+    // The history, then a reload seen live without reloading the page.
+    b(|| {
+        br.wait_for(
+            "document.querySelectorAll('#history li[data-kind=\"applied\"]').length === 1",
+            WAIT,
+        )
+    })
+    .unwrap();
+    assert!(b(|| br.text()).contains("generation 1 applied (start)"));
+    gw.write_config(&EMBEDDED.replace("canary: 10, stable: 90", "canary: 25, stable: 75"));
+    let r = Client::new().post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 200);
+    b(|| {
+        br.wait_for(
+            "document.getElementById('generation').textContent === '2'",
+            WAIT,
+        )
+    })
+    .unwrap();
+    b(|| {
+        br.wait_for(
+            &format!(
+                "{} === '25%'",
+                rule_cell("one-in-ten", "canary", "configured")
+            ),
+            WAIT,
+        )
+    })
+    .unwrap();
+    let first = b(|| br.eval("document.querySelector('#history li').innerText")).unwrap();
+    assert!(
+        first
+            .as_str()
+            .unwrap()
+            .contains("generation 2 applied (api)"),
+        "{first}"
+    );
+    // A bad reload: the error is shown, the running generation stays.
+    gw.write_config(&EMBEDDED.replace("canary: 10", "nowhere: 10"));
+    let r = Client::new().post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 422);
+    b(|| br.wait_for("!document.getElementById('reload-error').hidden", WAIT)).unwrap();
+    let errs = b(|| br.eval("document.getElementById('reload-errors').innerText")).unwrap();
+    assert!(errs.as_str().unwrap().contains("nowhere"), "{errs}");
+    assert_eq!(
+        b(|| br.eval("document.getElementById('generation').textContent")).unwrap(),
+        "2"
+    );
+
+    if let Some(path) = std::env::var_os("GRAYGATE_CONSOLE_PNG_BASIC") {
+        std::fs::write(path, b(|| br.screenshot(1280)).unwrap()).unwrap();
+    }
+    // Readable on a phone: nothing wider than the screen but the tables' own scroll boxes.
+    b(|| br.viewport(390, 844, true)).unwrap();
+    let overflow =
+        b(|| br.eval("document.documentElement.scrollWidth - window.innerWidth")).unwrap();
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "page wider than a phone by {overflow}px"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_with_a_token_shows_only_the_prompt_until_the_token_works() {
+    let Some(bin) = chromium::or_skip("console_with_a_token") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), "s3cret-token\n").unwrap();
+    let gw = Gateway::start_in(
+        dir,
+        &format!("admin_token_file: admin.token\n{EMBEDDED}"),
+        graygate::app::StartOptions {
+            watch: false,
+            sighup: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut br = b(|| Chromium::launch(&bin)).expect("chromium starts");
+    let url = gw.admin_url("/admin/ui");
+    b(|| br.navigate(&url)).unwrap();
+    b(|| br.wait_for("!document.getElementById('login').hidden", WAIT)).unwrap();
+    // Only the prompt: no cluster, rule or generation anywhere on the page.
+    let visible_only_prompt = || {
+        format!(
+            "document.getElementById('console').hidden && document.getElementById('summary').hidden \
+             && !{} && document.querySelectorAll('#clusters tbody tr').length === 0",
+            cluster_row("stable").trim_start_matches('!')
+        )
+    };
+    assert_eq!(b(|| br.eval(&visible_only_prompt())).unwrap(), true);
+    let text = b(|| br.text());
+    assert!(text.contains("Admin token"), "{text}");
+    assert!(
+        !text.contains("stable") && !text.contains("canary"),
+        "{text}"
+    );
+
+    // A wrong token: still only the prompt, with a word about it.
+    b(|| br.click("#token")).unwrap();
+    b(|| br.type_text("not-the-token")).unwrap();
+    b(|| br.click("#login-submit")).unwrap();
+    b(|| {
+        br.wait_for(
+            "document.getElementById('login-error').textContent.includes('refused')",
+            WAIT,
+        )
+    })
+    .unwrap();
+    assert_eq!(b(|| br.eval(&visible_only_prompt())).unwrap(), true);
+
+    // The right one: everything.
+    b(|| br.click("#token")).unwrap();
+    b(|| br.type_text("s3cret-token")).unwrap();
+    b(|| br.click("#login-submit")).unwrap();
+    for name in ["stable", "canary"] {
+        b(|| br.wait_for(&cluster_row(name), WAIT))
+            .unwrap_or_else(|e| panic!("{e}\n{}", br.text()));
+    }
+    b(|| {
+        br.wait_for(
+            "document.querySelectorAll('#history li').length === 1",
+            WAIT,
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        b(|| br.eval(&rule_cell("one-in-ten", "canary", "configured"))).unwrap(),
+        "10%"
+    );
+    assert_eq!(
+        b(|| br.eval("document.getElementById('login').hidden")).unwrap(),
+        true
+    );
+    // Kept in the tab's session storage, never in a cookie.
+    assert_eq!(
+        b(|| br.eval("sessionStorage.getItem('graygate.admin-token')")).unwrap(),
+        "s3cret-token"
+    );
+    assert_eq!(b(|| br.eval("document.cookie")).unwrap(), "");
+    let cookies = b(|| br.call("Network.getAllCookies", serde_json::json!({}))).unwrap();
+    assert_eq!(cookies["cookies"], serde_json::json!([]), "{cookies}");
+    // A reload of the page keeps the token for the tab: no second prompt.
+    b(|| br.navigate(&url)).unwrap();
+    b(|| br.wait_for(&cluster_row("canary"), WAIT)).unwrap();
+
+    // Another origin cannot act: the page's token does not travel with its requests, and a
+    // browser's cross-origin POST is refused before the token is even looked at.
+    let c = Client::new();
+    let r = c
+        .request(
+            "POST",
+            &gw.admin_url("/admin/reload"),
+            &[("origin", "http://evil.example")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = c
+        .request(
+            "POST",
+            &gw.admin_url("/admin/reload"),
+            &[
+                ("origin", "http://evil.example"),
+                ("authorization", "Bearer s3cret-token"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = c
+        .request(
+            "OPTIONS",
+            &gw.admin_url("/admin/reload"),
+            &[
+                ("origin", "http://evil.example"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "authorization"),
+            ],
+            "",
+        )
+        .await;
+    assert!(r.status.is_client_error());
+    assert!(r.header("access-control-allow-origin").is_none());
+    // The page's own assets carry the strict policy and no CORS grant.
+    let page = c.request("GET", &url, &[], "").await;
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert!(page.header("access-control-allow-origin").is_none());
+    assert!(page.header("set-cookie").is_none());
+    // Nothing happened: still one event, generation 1.
+    let h = c
+        .request(
+            "GET",
+            &gw.admin_url("/admin/history"),
+            &[("authorization", "Bearer s3cret-token")],
+            "",
+        )
+        .await
+        .json();
+    assert_eq!(h["events"].as_array().unwrap().len(), 1, "{h}");
 }

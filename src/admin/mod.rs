@@ -2,6 +2,7 @@
 //! for scrapers and probes; `/admin/*` needs the bearer token when `admin_token_file` is set,
 //! compared in constant time.
 
+mod ui;
 mod views;
 
 use std::sync::Arc;
@@ -93,6 +94,20 @@ impl Admin {
         if !path.starts_with("/admin/") {
             return error(StatusCode::NOT_FOUND, "no such admin path");
         }
+        if method == Method::GET {
+            if let Some(page) = ui::asset(&path) {
+                return page;
+            }
+        }
+        if method != Method::GET
+            && method != Method::HEAD
+            && !same_origin(req.headers(), req.uri().authority().map(|a| a.as_str()))
+        {
+            return error(
+                StatusCode::FORBIDDEN,
+                "a request from a page of another origin cannot act on the admin surface",
+            );
+        }
         if let Some(token) = self.live.load().admin_token.clone() {
             let presented = req
                 .headers()
@@ -154,6 +169,26 @@ impl Admin {
     }
 }
 
+/// False when a browser says the request comes from a page of another origin: its `Origin`
+/// names a host other than the one the request was sent to. Requests without `Origin` (curl,
+/// scripts, same-origin GETs) pass; the token, when set, is checked after this.
+/// `authority` is the request's `:authority` (HTTP/2), used when there is no `Host`.
+fn same_origin(h: &http::HeaderMap, authority: Option<&str>) -> bool {
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return true;
+    };
+    let named = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(authority);
+    matches!((named, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
 /// Decode `%XX` escapes (and `+` as space in queries).
 pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -209,6 +244,37 @@ mod tests {
         assert!(!ct_eq(b"secret", b"secreT"));
         assert!(!ct_eq(b"secret", b"secret2"));
         assert!(!ct_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn origin_must_match_host_when_present() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9091"));
+        assert!(same_origin(&h, None));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:9091"),
+        );
+        assert!(same_origin(&h, None));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(!same_origin(&h, None));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h, None));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:9092"),
+        );
+        assert!(!same_origin(&h, None));
+        h.remove(header::HOST);
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:9091"),
+        );
+        assert!(!same_origin(&h, None));
+        assert!(same_origin(&h, Some("127.0.0.1:9091")));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 
 #![allow(dead_code, clippy::disallowed_types)]
 
+pub mod chromium;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
