@@ -18,6 +18,9 @@ mod deploy;
 mod embedded;
 /// Every row of the §3 error table; byte-exact forwarding; other paths.
 mod errors;
+/// One published generation: every error of a file in one run, hostile files, reloads that
+/// never half-apply, turns that keep their generation (issue 13).
+mod generation;
 /// Pin creation, following, and every release path.
 mod pins;
 /// The client address: access line, x-forwarded-for, PROXY protocol v1/v2 behind a real

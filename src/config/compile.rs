@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::raw::{self, RoutesFile};
+use super::value::{Checked, HumanDuration};
 use crate::located::{Located, LocatedErrors};
 use crate::pins::names;
 use crate::pins::{OrphanPolicy, PinPolicy};
@@ -33,6 +34,18 @@ impl Ctx<'_> {
             .push(Located::at_path(self.file, self.text, path, msg));
     }
 
+    /// The value at `path`, or `None` (and its error recorded) when it did not check.
+    fn get<T: Clone>(&mut self, path: &str, v: Option<&Checked<T>>) -> Option<T> {
+        match v? {
+            Checked::Ok(t) => Some(t.clone()),
+            Checked::Bad(msg) => {
+                let e = Located::at_path(self.file, self.text, path, msg.clone());
+                self.errors.push(super::refine(e, self.text));
+                None
+            }
+        }
+    }
+
     /// Resolve a file named in the config relative to the config's directory.
     fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
@@ -52,8 +65,13 @@ impl Ctx<'_> {
     }
 }
 
-fn positive(ctx: &mut Ctx, path: &str, d: Option<Duration>, default: Duration) -> Duration {
-    let d = d.unwrap_or(default);
+fn positive(
+    ctx: &mut Ctx,
+    path: &str,
+    d: Option<&Checked<HumanDuration>>,
+    default: Duration,
+) -> Duration {
+    let d = ctx.get(path, d).map_or(default, |d| d.0);
     if d.is_zero() {
         ctx.err(path, "must be longer than 0");
     }
@@ -66,6 +84,7 @@ pub fn compile(
     file: &str,
     text: &str,
     config_path: &Path,
+    unknown_keys: Vec<Located>,
 ) -> Result<Snapshot, LocatedErrors> {
     let base = config_path
         .parent()
@@ -75,7 +94,7 @@ pub fn compile(
         file,
         text,
         base: &base,
-        errors: LocatedErrors::default(),
+        errors: LocatedErrors(unknown_keys),
     };
 
     let listen = parse_addr(
@@ -89,8 +108,8 @@ pub fn compile(
         rf.admin.as_deref().unwrap_or("127.0.0.1:9090"),
     );
     let tls = rf.tls.as_ref().map(|t| ListenerTls {
-        cert: ctx.check_file("tls.cert", &t.cert),
-        key: ctx.check_file("tls.key", &t.key),
+        cert: required_file(&mut ctx, "tls", "cert", t.cert.as_deref()),
+        key: required_file(&mut ctx, "tls", "key", t.key.as_deref()),
         client_ca: t
             .client_ca
             .as_ref()
@@ -117,14 +136,23 @@ pub fn compile(
     let limits = compile_limits(&mut ctx, rf.limits.as_ref());
     let (pins, store) = compile_pins(&mut ctx, rf.pins.as_ref());
 
+    let decision_header = ctx
+        .get("decision_header", rf.decision_header.as_ref())
+        .unwrap_or(false);
+    let listen_proxy_protocol = ctx
+        .get("listen_proxy_protocol", rf.listen_proxy_protocol.as_ref())
+        .unwrap_or(false);
+
     // Clusters, in name order (BTreeMap), indexed 0..n.
-    if rf.clusters.is_empty() {
+    let no_clusters = BTreeMap::new();
+    let raw_clusters = rf.clusters.as_ref().unwrap_or(&no_clusters);
+    if raw_clusters.is_empty() {
         ctx.err("clusters", "at least one cluster is needed");
     }
-    let names_list: Vec<Arc<str>> = rf.clusters.keys().map(|k| Arc::from(k.as_str())).collect();
+    let names_list: Vec<Arc<str>> = raw_clusters.keys().map(|k| Arc::from(k.as_str())).collect();
     let index_of = |n: &str| names_list.iter().position(|c| &**c == n);
     let mut clusters = Vec::new();
-    for (name, rc) in &rf.clusters {
+    for (name, rc) in raw_clusters {
         let spec = compile_cluster(&mut ctx, name, rc);
         clusters.push(ClusterEntry {
             name: Arc::from(name.as_str()),
@@ -174,18 +202,19 @@ pub fn compile(
     let mut seen_names: HashSet<&str> = HashSet::new();
     for (i, r) in rf.rules.iter().enumerate() {
         let at = |k: &str| format!("rules[{i}].{k}");
-        if r.name.trim().is_empty() {
+        let name = r.name.as_deref().unwrap_or("");
+        if name.trim().is_empty() {
             ctx.err(&at("name"), "a rule needs a name");
-        } else if r.name == "default" || r.name == "-" {
+        } else if name == "default" || name == "-" {
             ctx.err(
                 &at("name"),
                 format!(
                     "`{}` is reserved (it labels calls that no rule matched)",
-                    r.name
+                    name
                 ),
             );
-        } else if !seen_names.insert(&r.name) {
-            ctx.err(&at("name"), format!("duplicate rule name `{}`", r.name));
+        } else if !seen_names.insert(name) {
+            ctx.err(&at("name"), format!("duplicate rule name `{name}`"));
         }
         let target = match (&r.cluster, &r.split) {
             (Some(c), None) => match index_of(c) {
@@ -201,15 +230,20 @@ pub fn compile(
                 }
                 let mut cands = Vec::new();
                 for (c, w) in split {
+                    let w = ctx.get(&format!("rules[{i}].split.{c}"), Some(w));
                     match index_of(c) {
-                        Some(k) => cands.push((k, c.as_str(), w.0)),
+                        Some(k) => {
+                            if let Some(w) = w {
+                                cands.push((k, c.as_str(), w.0))
+                            }
+                        }
                         None => ctx.err(
                             &format!("rules[{i}].split.{c}"),
                             format!("unknown cluster `{c}`"),
                         ),
                     }
                 }
-                let salt = r.salt.clone().unwrap_or_else(|| r.name.clone());
+                let salt = r.salt.clone().unwrap_or_else(|| name.to_string());
                 Some(Target::Split(Split::new(&salt, cands)))
             }
             (Some(_), Some(_)) => {
@@ -234,7 +268,11 @@ pub fn compile(
                     "an empty vdn list never matches; remove the key instead",
                 );
             }
-            v.iter().map(|s| (s.lo, s.hi)).collect()
+            v.iter()
+                .enumerate()
+                .filter_map(|(k, s)| ctx.get(&format!("rules[{i}].vdn[{k}]"), Some(s)))
+                .map(|s| (s.lo, s.hi))
+                .collect()
         });
         let userid = r
             .userid
@@ -270,7 +308,7 @@ pub fn compile(
         }
         if let Some(t) = target {
             rules.push(Rule {
-                name: Arc::from(r.name.as_str()),
+                name: Arc::from(name),
                 vdn,
                 userid,
                 fields,
@@ -280,15 +318,23 @@ pub fn compile(
         }
     }
 
-    let default = match index_of(&rf.default) {
+    let default_name = rf.default.as_deref().unwrap_or("");
+    let default = match index_of(default_name) {
         Some(k) => k,
+        None if default_name.is_empty() => {
+            ctx.err(
+                "default",
+                "`default` is required: the cluster for new calls that no rule matches",
+            );
+            0
+        }
         None => {
-            ctx.err("default", format!("unknown cluster `{}`", rf.default));
+            ctx.err("default", format!("unknown cluster `{default_name}`"));
             0
         }
     };
     if clusters.get(default).is_some_and(|c| c.spec.drain) {
-        ctx.err("default", format!("the default cluster `{}` is draining; point `default` at a cluster that takes new calls", rf.default));
+        ctx.err("default", format!("the default cluster `{}` is draining; point `default` at a cluster that takes new calls", default_name));
     }
 
     if !ctx.errors.is_empty() {
@@ -306,8 +352,8 @@ pub fn compile(
         admin,
         tls,
         admin_token,
-        decision_header: rf.decision_header.unwrap_or(false),
-        listen_proxy_protocol: rf.listen_proxy_protocol.unwrap_or(false),
+        decision_header,
+        listen_proxy_protocol,
         limits,
         pins,
         store,
@@ -326,6 +372,16 @@ pub fn sha256_hex(data: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn required_file(ctx: &mut Ctx, parent: &str, key: &str, p: Option<&str>) -> PathBuf {
+    match p {
+        Some(p) => ctx.check_file(&format!("{parent}.{key}"), p),
+        None => {
+            ctx.err(parent, format!("`{key}` is required"));
+            PathBuf::new()
+        }
+    }
+}
+
 fn parse_addr(ctx: &mut Ctx, path: &str, s: &str) -> SocketAddr {
     match s.parse::<SocketAddr>() {
         Ok(a) => a,
@@ -342,11 +398,15 @@ fn parse_addr(ctx: &mut Ctx, path: &str, s: &str) -> SocketAddr {
 fn compile_limits(ctx: &mut Ctx, l: Option<&raw::RawLimits>) -> Limits {
     let d = Limits::default();
     let Some(l) = l else { return d };
-    let max_body = l.max_body.map(|b| b.0).unwrap_or(d.max_body);
+    let max_body = ctx
+        .get("limits.max_body", l.max_body.as_ref())
+        .map_or(d.max_body, |b| b.0);
     if max_body == 0 {
         ctx.err("limits.max_body", "must be more than 0 bytes");
     }
-    let max_connections = l.max_connections.or(d.max_connections);
+    let max_connections = ctx
+        .get("limits.max_connections", l.max_connections.as_ref())
+        .or(d.max_connections);
     if max_connections == Some(0) {
         ctx.err("limits.max_connections", "must be at least 1");
     }
@@ -355,13 +415,13 @@ fn compile_limits(ctx: &mut Ctx, l: Option<&raw::RawLimits>) -> Limits {
         header_read_timeout: positive(
             ctx,
             "limits.header_read_timeout",
-            l.header_read_timeout.map(|x| x.0),
+            l.header_read_timeout.as_ref(),
             d.header_read_timeout,
         ),
         request_timeout: positive(
             ctx,
             "limits.request_timeout",
-            l.request_timeout.map(|x| x.0),
+            l.request_timeout.as_ref(),
             d.request_timeout,
         ),
         max_connections,
@@ -374,9 +434,9 @@ fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpe
         return (d, StoreSpec::Memory { snapshot: None });
     };
     let policy = PinPolicy {
-        idle_ttl: positive(ctx, "pins.idle_ttl", p.idle_ttl.map(|x| x.0), d.idle_ttl),
-        end_grace: positive(ctx, "pins.end_grace", p.end_grace.map(|x| x.0), d.end_grace),
-        orphan_turns: match p.orphan_turns {
+        idle_ttl: positive(ctx, "pins.idle_ttl", p.idle_ttl.as_ref(), d.idle_ttl),
+        end_grace: positive(ctx, "pins.end_grace", p.end_grace.as_ref(), d.end_grace),
+        orphan_turns: match ctx.get("pins.orphan_turns", p.orphan_turns.as_ref()) {
             Some(raw::RawOrphanTurns::Reject) => OrphanPolicy::Reject,
             _ => OrphanPolicy::Route,
         },
@@ -398,7 +458,7 @@ fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpe
                 timeout: positive(
                     ctx,
                     "pins.redis.timeout",
-                    r.and_then(|r| r.timeout.map(|t| t.0)),
+                    r.and_then(|r| r.timeout.as_ref()),
                     Duration::from_millis(50),
                 ),
             }
@@ -423,7 +483,9 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
         );
     }
     let embedded = rc.embedded.as_ref().map(|e| {
-        let instances = e.instances.unwrap_or(1);
+        let instances = ctx
+            .get(&at("embedded.instances"), e.instances.as_ref())
+            .unwrap_or(1);
         if !(1..=64).contains(&instances) {
             ctx.err(
                 &at("embedded.instances"),
@@ -440,7 +502,13 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
             instances,
         }
     });
-    let endpoints = rc.endpoints.clone().unwrap_or_default();
+    let endpoints: Vec<_> = rc
+        .endpoints
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(k, e)| ctx.get(&format!("clusters.{name}.endpoints[{k}]"), Some(e)))
+        .collect();
     match (&rc.endpoints, &embedded) {
         (Some(_), Some(_)) => ctx.err(
             &at("embedded"),
@@ -468,8 +536,12 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
         }
     }
     let health = rc.health.as_ref().map(|h| {
-        let unhealthy_after = h.unhealthy_after.unwrap_or(3);
-        let healthy_after = h.healthy_after.unwrap_or(2);
+        let unhealthy_after = ctx
+            .get(&at("health.unhealthy_after"), h.unhealthy_after.as_ref())
+            .unwrap_or(3);
+        let healthy_after = ctx
+            .get(&at("health.healthy_after"), h.healthy_after.as_ref())
+            .unwrap_or(2);
         if unhealthy_after == 0 {
             ctx.err(&at("health.unhealthy_after"), "must be at least 1");
         }
@@ -485,13 +557,13 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
             interval: positive(
                 ctx,
                 &at("health.interval"),
-                h.interval.map(|x| x.0),
+                h.interval.as_ref(),
                 Duration::from_secs(2),
             ),
             timeout: positive(
                 ctx,
                 &at("health.timeout"),
-                h.timeout.map(|x| x.0),
+                h.timeout.as_ref(),
                 Duration::from_secs(1),
             ),
             path: h.path.clone(),
@@ -503,14 +575,21 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
     let outlier = match &rc.outlier {
         None => od,
         Some(o) => OutlierSpec {
-            consecutive_failures: o.consecutive_failures.unwrap_or(od.consecutive_failures),
+            consecutive_failures: ctx
+                .get(
+                    &at("outlier.consecutive_failures"),
+                    o.consecutive_failures.as_ref(),
+                )
+                .unwrap_or(od.consecutive_failures),
             eject_for: positive(
                 ctx,
                 &at("outlier.eject_for"),
-                o.eject_for.map(|x| x.0),
+                o.eject_for.as_ref(),
                 od.eject_for,
             ),
-            max_ejected: o.max_ejected.map(|p| p.0).unwrap_or(od.max_ejected),
+            max_ejected: ctx
+                .get(&at("outlier.max_ejected"), o.max_ejected.as_ref())
+                .map_or(od.max_ejected, |p| p.0),
         },
     };
     let tls = match &rc.tls {
@@ -539,7 +618,7 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
     ClusterSpec {
         endpoints,
         embedded,
-        balance: match rc.balance {
+        balance: match ctx.get(&at("balance"), rc.balance.as_ref()) {
             Some(raw::RawBalance::LeastRequest) => Balance::LeastRequest,
             Some(raw::RawBalance::UseridHash) => Balance::UseridHash,
             _ => Balance::RoundRobin,
@@ -547,21 +626,23 @@ fn compile_cluster(ctx: &mut Ctx, name: &str, rc: &raw::RawCluster) -> ClusterSp
         timeout: positive(
             ctx,
             &at("timeout"),
-            rc.timeout.map(|x| x.0),
+            rc.timeout.as_ref(),
             Duration::from_secs(10),
         ),
         connect_timeout: positive(
             ctx,
             &at("connect_timeout"),
-            rc.connect_timeout.map(|x| x.0),
+            rc.connect_timeout.as_ref(),
             Duration::from_secs(1),
         ),
-        max_inflight: rc.max_inflight.unwrap_or(0),
+        max_inflight: ctx
+            .get(&at("max_inflight"), rc.max_inflight.as_ref())
+            .unwrap_or(0),
         health,
         outlier,
         fallback: rc.fallback.clone(),
         tls,
-        drain: rc.drain.unwrap_or(false),
+        drain: ctx.get(&at("drain"), rc.drain.as_ref()).unwrap_or(false),
     }
 }
 
@@ -584,7 +665,9 @@ fn compile_userid(ctx: &mut Ctx, path: &str, u: &raw::RawUseridMatch) -> UseridM
         exact: u.exact.iter().map(|s| Box::from(s.as_str())).collect(),
         prefix: u.prefix.clone(),
         suffix: u.suffix.clone(),
-        regex: u.regex.as_ref().map(|r| r.0.clone()),
+        regex: ctx
+            .get(&format!("{path}.regex"), u.regex.as_ref())
+            .map(|r| r.0),
     }
 }
 

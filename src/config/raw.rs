@@ -1,7 +1,10 @@
 //! `RoutesFile` and the `Raw*` serde mirrors of `routes.yaml` (spec §2).
 //!
-//! These mirror the file exactly: every key, `Option` where the file may omit it, unknown keys
-//! refused. Values check themselves (see `value.rs`). Nothing here is used on the hot path:
+//! These mirror the file exactly: every key, `Option` where the file may omit it. Unknown keys
+//! are not refused by serde (that would stop the read at the first one): `config::parse`
+//! collects them with `serde_ignored`, each with its key path, and reports them all. Values are
+//! `Checked` (see `value.rs`): a bad one is kept as its message and reported by `compile`, so
+//! the read goes on to the end of the file. Nothing here is used on the hot path:
 //! `compile.rs` turns a `RoutesFile` into a `Snapshot`. The JSON Schema printed by
 //! `graygate schema` is generated from these types.
 
@@ -10,11 +13,13 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::value::{ByteSize, EndpointUrl, HumanDuration, Percent, RegexSource, VdnSpec, Weight};
+use super::value::{
+    ByteSize, Checked, EndpointUrl, HumanDuration, Percent, RegexSource, VdnSpec, Weight,
+};
 
 /// The whole `routes.yaml`.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RoutesFile {
     /// Dialog listener address (HTTP/1.1 and h2c, or HTTPS with `tls`). Default 0.0.0.0:8080.
     pub listen: Option<String>,
@@ -25,52 +30,56 @@ pub struct RoutesFile {
     /// A file with a bearer token that /admin/* requests must present.
     pub admin_token_file: Option<String>,
     /// When true, dialog responses carry `x-graygate-route`.
-    pub decision_header: Option<bool>,
+    pub decision_header: Option<Checked<bool>>,
     /// True: every dialog connection starts with a PROXY protocol v1/v2 header (spec §13).
-    pub listen_proxy_protocol: Option<bool>,
+    pub listen_proxy_protocol: Option<Checked<bool>>,
     pub limits: Option<RawLimits>,
     pub pins: Option<RawPins>,
     /// Named ODFS clusters.
-    pub clusters: BTreeMap<String, RawCluster>,
+    #[schemars(required)]
+    pub clusters: Option<BTreeMap<String, RawCluster>>,
     /// Routing rules for new calls, first match wins.
     #[serde(default)]
     pub rules: Vec<RawRule>,
     /// The cluster for new calls that no rule matches.
-    pub default: String,
+    #[schemars(required)]
+    pub default: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawListenerTls {
-    pub cert: String,
-    pub key: String,
+    #[schemars(required)]
+    pub cert: Option<String>,
+    #[schemars(required)]
+    pub key: Option<String>,
     /// A CA file: clients must present a certificate it signed (mTLS).
     pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawLimits {
     /// Larger dialog bodies get 413. Default 64KiB.
     #[schemars(with = "Option<SizeSchema>")]
-    pub max_body: Option<ByteSize>,
+    pub max_body: Option<Checked<ByteSize>>,
     #[schemars(with = "Option<String>")]
-    pub header_read_timeout: Option<HumanDuration>,
+    pub header_read_timeout: Option<Checked<HumanDuration>>,
     #[schemars(with = "Option<String>")]
-    pub request_timeout: Option<HumanDuration>,
-    pub max_connections: Option<u32>,
+    pub request_timeout: Option<Checked<HumanDuration>>,
+    pub max_connections: Option<Checked<u32>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawPins {
     /// `memory`, or `redis://host:port/db` (also `rediss://`).
     pub store: Option<String>,
     #[schemars(with = "Option<String>")]
-    pub idle_ttl: Option<HumanDuration>,
+    pub idle_ttl: Option<Checked<HumanDuration>>,
     #[schemars(with = "Option<String>")]
-    pub end_grace: Option<HumanDuration>,
-    pub orphan_turns: Option<RawOrphanTurns>,
+    pub end_grace: Option<Checked<HumanDuration>>,
+    pub orphan_turns: Option<Checked<RawOrphanTurns>>,
     /// Memory store only: the table is written here on shutdown and read at start.
     pub snapshot: Option<String>,
     pub redis: Option<RawRedis>,
@@ -84,43 +93,43 @@ pub enum RawOrphanTurns {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawRedis {
     pub key_prefix: Option<String>,
     #[schemars(with = "Option<String>")]
-    pub timeout: Option<HumanDuration>,
+    pub timeout: Option<Checked<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawCluster {
     /// `http://` or `https://` base URLs of the cluster's ODFS nodes.
     #[schemars(with = "Option<Vec<String>>")]
-    pub endpoints: Option<Vec<EndpointUrl>>,
+    pub endpoints: Option<Vec<Checked<EndpointUrl>>>,
     /// Run the reference backend in-process for this cluster.
     pub embedded: Option<RawEmbedded>,
-    pub balance: Option<RawBalance>,
+    pub balance: Option<Checked<RawBalance>>,
     #[schemars(with = "Option<String>")]
-    pub timeout: Option<HumanDuration>,
+    pub timeout: Option<Checked<HumanDuration>>,
     #[schemars(with = "Option<String>")]
-    pub connect_timeout: Option<HumanDuration>,
+    pub connect_timeout: Option<Checked<HumanDuration>>,
     /// Concurrent requests per endpoint; 0 = unbounded.
-    pub max_inflight: Option<u32>,
+    pub max_inflight: Option<Checked<u32>>,
     pub health: Option<RawHealth>,
     pub outlier: Option<RawOutlier>,
     /// A cluster for new calls while this one has no healthy endpoint.
     pub fallback: Option<String>,
     pub tls: Option<RawUpstreamTls>,
     /// true: no new calls; calls pinned here finish here.
-    pub drain: Option<bool>,
+    pub drain: Option<Checked<bool>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawEmbedded {
     pub label: Option<String>,
     pub flows: Option<String>,
-    pub instances: Option<u16>,
+    pub instances: Option<Checked<u16>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -132,30 +141,30 @@ pub enum RawBalance {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawHealth {
     #[schemars(with = "Option<String>")]
-    pub interval: Option<HumanDuration>,
+    pub interval: Option<Checked<HumanDuration>>,
     #[schemars(with = "Option<String>")]
-    pub timeout: Option<HumanDuration>,
+    pub timeout: Option<Checked<HumanDuration>>,
     /// null: a TCP connect; else an HTTP GET that must answer 2xx.
     pub path: Option<String>,
-    pub unhealthy_after: Option<u32>,
-    pub healthy_after: Option<u32>,
+    pub unhealthy_after: Option<Checked<u32>>,
+    pub healthy_after: Option<Checked<u32>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawOutlier {
-    pub consecutive_failures: Option<u32>,
+    pub consecutive_failures: Option<Checked<u32>>,
     #[schemars(with = "Option<String>")]
-    pub eject_for: Option<HumanDuration>,
+    pub eject_for: Option<Checked<HumanDuration>>,
     #[schemars(with = "Option<String>")]
-    pub max_ejected: Option<Percent>,
+    pub max_ejected: Option<Checked<Percent>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawUpstreamTls {
     pub ca: Option<String>,
     pub cert: Option<String>,
@@ -164,12 +173,13 @@ pub struct RawUpstreamTls {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawRule {
-    pub name: String,
+    #[schemars(required)]
+    pub name: Option<String>,
     /// vdn ids and inclusive ranges: `[101, 200-299]`.
     #[schemars(with = "Option<Vec<SizeSchema>>")]
-    pub vdn: Option<Vec<VdnSpec>>,
+    pub vdn: Option<Vec<Checked<VdnSpec>>>,
     pub userid: Option<RawUseridMatch>,
     /// Dotted paths into the JSON body → accepted string values.
     pub fields: Option<BTreeMap<String, Vec<String>>>,
@@ -178,13 +188,13 @@ pub struct RawRule {
     pub cluster: Option<String>,
     /// Cluster → positive weight; deterministic per userid.
     #[schemars(with = "Option<BTreeMap<String, f64>>")]
-    pub split: Option<BTreeMap<String, Weight>>,
+    pub split: Option<BTreeMap<String, Checked<Weight>>>,
     /// Split salt; default: the rule's name.
     pub salt: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct RawUseridMatch {
     #[serde(default)]
     pub exact: Vec<String>,
@@ -193,7 +203,7 @@ pub struct RawUseridMatch {
     #[serde(default)]
     pub suffix: Vec<String>,
     #[schemars(with = "Option<String>")]
-    pub regex: Option<RegexSource>,
+    pub regex: Option<Checked<RegexSource>>,
 }
 
 /// Schema of a value written either as a number or as a string (sizes, vdn ranges).

@@ -100,22 +100,32 @@ impl Reloader {
         let _one_at_a_time = self.lock.lock().await;
         let path = self.path.clone();
         // Compiling a large file takes milliseconds: keep it off the async workers.
-        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path))
-            .await
-            .unwrap_or_else(|e| {
-                Err(LocatedErrors(vec![Located::new(
-                    "",
-                    0,
-                    0,
-                    "",
-                    format!("reload task failed: {e}"),
-                )]))
-            });
+        // Read once: the hash recorded is that of the bytes compiled, so a fix written while
+        // a bad file was being compiled is not skipped as "already seen".
+        let (sha, loaded) = tokio::task::spawn_blocking(move || {
+            let text = crate::config::read(&path)?;
+            let sha = crate::config::sha256_hex(text.as_bytes());
+            let file = path.display().to_string();
+            Ok::<_, LocatedErrors>((sha, crate::config::load_str(&text, &file, &path)))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(LocatedErrors(vec![Located::new(
+                "",
+                0,
+                0,
+                "",
+                format!("reload task failed: {e}"),
+            )]))
+        })
+        .map_or_else(|e| (None, Err(e)), |(sha, r)| (Some(sha), r));
+        if let Some(sha) = sha {
+            if let Ok(mut l) = self.last_seen.lock() {
+                *l = sha;
+            }
+        }
         let result = match loaded {
             Ok(snap) => {
-                if let Ok(mut l) = self.last_seen.lock() {
-                    *l = snap.sha256.clone();
-                }
                 let current = self.live.load_full();
                 if snap.sha256 == current.sha256 {
                     tracing::info!(trigger, generation = current.generation, "config unchanged");
@@ -136,11 +146,6 @@ impl Reloader {
                 }
             }
             Err(errs) => {
-                if let Ok(bytes) = std::fs::read(&self.path) {
-                    if let Ok(mut l) = self.last_seen.lock() {
-                        *l = crate::config::sha256_hex(&bytes);
-                    }
-                }
                 self.metrics.reload(false, None);
                 tracing::error!(trigger, errors = %errs, "config reload failed; the running config stays");
                 self.history.record(

@@ -7,6 +7,49 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+/// A value of the file that checks itself but does not stop the read when it is wrong: the
+/// node is read whole (as a YAML value), then converted, and a failure is kept as its message.
+/// `compile` turns `Bad` into an error at the value's key path, so one bad duration does not
+/// hide the unknown cluster three rules below it (spec §2: every error in one run).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Checked<T> {
+    Ok(T),
+    Bad(String),
+}
+
+impl<T> Checked<T> {
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Checked::Ok(v) => Some(v),
+            Checked::Bad(_) => None,
+        }
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Checked<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Reading the node as a Value consumes it completely, whatever its shape, so the
+        // parser stays in step and the rest of the file is still read.
+        let v = serde_yaml::Value::deserialize(d)?;
+        Ok(match T::deserialize(v) {
+            Ok(t) => Checked::Ok(t),
+            Err(e) => Checked::Bad(e.to_string()),
+        })
+    }
+}
+
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Checked<T> {
+    fn schema_name() -> String {
+        T::schema_name()
+    }
+    fn json_schema(gen: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        T::json_schema(gen)
+    }
+    fn is_referenceable() -> bool {
+        T::is_referenceable()
+    }
+}
+
 /// A duration written `250ms`, `5s`, `30m`, `1h` (humantime syntax).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -161,6 +204,14 @@ pub struct EndpointUrl {
 
 impl EndpointUrl {
     pub fn parse(s: &str) -> Result<EndpointUrl, String> {
+        // Credentials would be shown in the open: /metrics labels, /admin/config, the access
+        // log and the upstream Host header all carry the endpoint. Refuse them, and never
+        // repeat them in the error.
+        if let Some(masked) = mask_userinfo(s) {
+            return Err(format!(
+                "endpoint `{masked}` carries credentials before `@`; an endpoint URL may not (they would be shown in metrics, logs and /admin/config)"
+            ));
+        }
         let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
@@ -173,6 +224,27 @@ impl EndpointUrl {
             .ok_or_else(|| format!("endpoint `{s}` has no host"))?;
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!("endpoint `{s}` must not have a path or query"));
+        }
+        if authority.host().is_empty() {
+            return Err(format!("endpoint `{s}` has no host"));
+        }
+        // `http::Authority` accepts any digits after the colon and then reports no port at
+        // all, which would quietly connect to port 80.
+        let a = authority.as_str();
+        let after_host = &a[a.rfind(']').map_or(0, |i| i + 1)..];
+        if let Some(i) = after_host.rfind(':') {
+            let port = &after_host[i + 1..];
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 => {}
+                _ if port.is_empty() => {
+                    return Err(format!("endpoint `{s}` has an empty port"));
+                }
+                _ => {
+                    return Err(format!(
+                        "endpoint `{s}`: port `{port}` is out of range (1-65535)"
+                    ))
+                }
+            }
         }
         Ok(EndpointUrl {
             text: s.trim_end_matches('/').to_string(),
@@ -187,6 +259,14 @@ impl<'de> Deserialize<'de> for EndpointUrl {
         let s = String::deserialize(d)?;
         EndpointUrl::parse(&s).map_err(de::Error::custom)
     }
+}
+
+/// `scheme://***@host…` when `s` has userinfo in its authority, else `None`.
+fn mask_userinfo(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..end].rfind('@')?;
+    Some(format!("{scheme}://***@{}", &rest[at + 1..]))
 }
 
 /// A regular expression, compiled when read so a bad one points at its line.
@@ -284,5 +364,15 @@ mod tests {
         );
         assert!(EndpointUrl::parse("ftp://x").is_err());
         assert!(EndpointUrl::parse("http://x/path").is_err());
+        let e = EndpointUrl::parse("http://10.0.0.1:99999").unwrap_err();
+        assert!(e.contains("port `99999` is out of range"), "{e}");
+        assert!(EndpointUrl::parse("http://10.0.0.1:0").is_err());
+        assert!(EndpointUrl::parse("http://10.0.0.1:").is_err());
+        assert!(EndpointUrl::parse("http://[::1]:8080").is_ok());
+        assert!(EndpointUrl::parse("http://[::1]").is_ok());
+        assert!(EndpointUrl::parse("http://[::1]:70000").is_err());
+        let e = EndpointUrl::parse("http://user:secret@10.0.0.1:8080").unwrap_err();
+        assert!(e.contains("credentials") && !e.contains("secret"), "{e}");
+        assert!(EndpointUrl::parse("https://token@odfs.example").is_err());
     }
 }

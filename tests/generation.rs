@@ -1,0 +1,200 @@
+//! One published generation (issue 13): every error of a file in one run, hostile files refused
+//! with a clear error, a reload that never half-applies, a turn that keeps its generation.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn stable_only(up: &Upstream) -> String {
+    format!(
+        "clusters:\n  stable:\n    endpoints: [{}]\n    timeout: 5s\ndefault: stable\n",
+        up.url()
+    )
+}
+
+async fn generation(c: &Client, gw: &Gateway) -> u64 {
+    c.request("GET", &gw.admin_url("/admin/config"), &[], "")
+        .await
+        .json()["generation"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The five stages' errors of one file come back together from a failed reload (422), each at
+/// its own line and column, and the running config stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_reports_every_error_of_the_file() {
+    let up = Upstream::start("stable").await;
+    let gw = Gateway::start(&stable_only(&up)).await;
+    let c = Client::new();
+    let bad = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/routes/bad/every-stage.yaml"
+    ))
+    .unwrap();
+    // `with_loopback` adds two lines at the top: positions move by two.
+    gw.write_config(&bad);
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    let errors = r.json()["errors"].as_array().unwrap().clone();
+    let at: Vec<(u64, u64)> = errors
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["column"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        at,
+        [(8, 14), (10, 17), (13, 23), (17, 5), (18, 5)],
+        "{errors:?}"
+    );
+    let text: Vec<&str> = errors
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(text[0].contains("`soon` is not a duration"), "{text:?}");
+    assert!(text[1].contains("port `99999` is out of range"), "{text:?}");
+    assert!(text[2].contains("does not compile"), "{text:?}");
+    assert!(text[3].contains("unknown cluster `nowhere`"), "{text:?}");
+    assert!(text[4].contains("unknown key `colour`"), "{text:?}");
+    assert_eq!(generation(&c, &gw).await, 1);
+    let a = c.turn(&gw, Some(101), "still-1", 8, None).await;
+    assert_eq!(a.upstream(), Some("stable"));
+}
+
+/// An alias bomb (a small file standing for hundreds of megabytes).
+fn alias_bomb(up: &Upstream) -> String {
+    let long = format!("\"{}\"", "x".repeat(100));
+    let base = vec![long.as_str(); 1500].join(", ");
+    let mut y = stable_only(up);
+    y.push_str(&format!(
+        "rules:\n  - name: r0\n    userid: {{ exact: &a [{base}] }}\n    cluster: stable\n"
+    ));
+    for i in 1..4000 {
+        y.push_str(&format!(
+            "  - {{ name: r{i}, userid: {{ exact: *a }}, cluster: stable }}\n"
+        ));
+    }
+    y
+}
+
+fn deep_flow(up: &Upstream) -> String {
+    format!(
+        "{}rules:\n  - name: deep\n    fields: {{ a: {}x{} }}\n    cluster: stable\n",
+        stable_only(up),
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    )
+}
+
+fn deep_block(up: &Upstream) -> String {
+    let mut y = stable_only(up);
+    y.push_str("x:\n");
+    for d in 1..2000 {
+        y.push_str(&" ".repeat(d));
+        y.push_str("k:\n");
+    }
+    y
+}
+
+fn huge(up: &Upstream) -> String {
+    let mut y = stable_only(up);
+    y.push_str("# ");
+    y.push_str(&"x".repeat(9 * 1024 * 1024));
+    y.push('\n');
+    y
+}
+
+/// Point 3: each hostile file is refused by a live reload with a clear error; the running
+/// config stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_files_are_refused_and_change_nothing() {
+    let up = Upstream::start("stable").await;
+    let gw = Gateway::start(&stable_only(&up)).await;
+    let c = Client::new();
+    let sha = c
+        .request("GET", &gw.admin_url("/admin/config"), &[], "")
+        .await
+        .json()["sha256"]
+        .clone();
+    let cases: [(&str, String, &str); 6] = [
+        ("alias bomb", alias_bomb(&up), "aliases expanded"),
+        ("deep flow", deep_flow(&up), "nesting deeper than 32 levels"),
+        (
+            "deep block",
+            deep_block(&up),
+            "nesting deeper than 32 levels",
+        ),
+        ("9 MiB", huge(&up), "larger than 8 MiB"),
+        (
+            "credentials",
+            stable_only(&up).replace("http://", "http://ops:hunter2@"),
+            "carries credentials",
+        ),
+        (
+            "port",
+            stable_only(&up).replace(&up.url(), "http://127.0.0.1:99999"),
+            "out of range",
+        ),
+    ];
+    for (what, yaml, says) in &cases {
+        gw.write_config(yaml);
+        let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+        assert_eq!(r.status, 422, "{what}");
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(body.contains(says), "{what}: {body}");
+        assert!(
+            !body.contains("hunter2"),
+            "{what}: the password is repeated"
+        );
+        let cfg = c
+            .request("GET", &gw.admin_url("/admin/config"), &[], "")
+            .await
+            .json();
+        assert_eq!(cfg["generation"], 1, "{what}");
+        assert_eq!(cfg["sha256"], sha, "{what}");
+        let a = c.turn(&gw, None, &format!("hostile-{what}"), 8, None).await;
+        assert_eq!(a.upstream(), Some("stable"), "{what}");
+    }
+    let metrics = c.get_text(&gw.admin_url("/metrics")).await;
+    assert!(!metrics.contains("hunter2"));
+}
+
+/// The bomb is refused without being expanded: `check` of it stays within 256 MiB of address
+/// space (expanded, it would need gigabytes) and exits 1 with the error.
+#[test]
+fn check_of_an_alias_bomb_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let up_url = "http://127.0.0.1:9";
+    let yaml = {
+        let long = format!("\"{}\"", "x".repeat(100));
+        let base = vec![long.as_str(); 1500].join(", ");
+        let mut y = format!(
+            "clusters:\n  stable:\n    endpoints: [{up_url}]\ndefault: stable\nrules:\n  - name: r0\n    userid: {{ exact: &a [{base}] }}\n    cluster: stable\n"
+        );
+        for i in 1..4000 {
+            y.push_str(&format!(
+                "  - {{ name: r{i}, userid: {{ exact: *a }}, cluster: stable }}\n"
+            ));
+        }
+        y
+    };
+    let path = dir.path().join("bomb.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    assert!(yaml.len() < 400 * 1024);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 262144; exec {} check -c {}",
+            env!("CARGO_BIN_EXE_graygate"),
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("aliases expanded"), "{stdout}");
+}
