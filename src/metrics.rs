@@ -4,15 +4,19 @@
 //! has its own registry, so tests can run several gateways side by side. A test compares the
 //! exposition with the spec's list of names.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::pins::ReleaseReason;
+use crate::ids::NameId;
 use crate::record::TurnRecord;
+use crate::vocab::{ErrorCode, ReleaseReason};
 
 /// The names of spec §6, in order (a test holds the exposition to this list).
 pub const NAMES: &[&str] = &[
@@ -73,111 +77,94 @@ pub struct Inner {
     /// New calls per rule and cluster over the last minutes, for `/admin/config` and the
     /// console (spec §12); not exported, `graygate_pins_created_total` is the Prometheus side.
     pub shares: crate::shares::ObservedShares,
-    /// Series handles of finished turns, by label values (see [`SeriesCache`]).
-    turn_series: SeriesCache<TurnSeries>,
-    /// Pin series handles by cluster.
-    pin_series: SeriesCache<PinSeries>,
+    /// Series handles of finished turns, by owner (cluster, rule); see [`HandleTable`].
+    turn_series: HandleTable<TurnSeries>,
+    /// Pin series handles by cluster id.
+    pin_series: HandleTable<PinSeries>,
+    /// `graygate_gateway_errors_total` by errorCode, resolved at start (the codes are fixed).
+    gateway_error_series: Vec<(&'static str, IntCounter)>,
+    orphan_routed: IntCounter,
+    orphan_rejected: IntCounter,
 }
 
-/// The series one finished turn touches.
-#[derive(Clone)]
+/// The `inaction` label values, in slot order (`Inaction::label`'s range; "other" also stands
+/// for a request that is no dialog turn).
+const INACTION_LABELS: [&str; 6] = ["7", "8", "9", "11", "13", "other"];
+/// Statuses with a slot of their own in [`TurnSeries`]; others go to the vector directly.
+const CODE_SLOTS: [u16; 10] = [200, 204, 400, 404, 405, 409, 413, 502, 503, 504];
+
+fn inaction_slot(label: &str) -> usize {
+    INACTION_LABELS
+        .iter()
+        .position(|l| *l == label)
+        .unwrap_or(INACTION_LABELS.len() - 1)
+}
+
+/// The series of one owner of turns, a (cluster, rule) pair: resolved the first time that pair
+/// finishes a turn, each (inaction, status) counter the first time it is counted, then read
+/// without a lock (`OnceLock::get` is an atomic load).
 struct TurnSeries {
-    requests: IntCounter,
-    duration: Histogram,
+    cluster: Option<Arc<str>>,
+    rule: Arc<str>,
+    requests: [[OnceLock<IntCounter>; CODE_SLOTS.len()]; INACTION_LABELS.len()],
+    duration: [OnceLock<Histogram>; INACTION_LABELS.len()],
     upstream: Option<Histogram>,
 }
 
-/// The series pin creation touches for one cluster.
+/// The series pin creation and release touch for one cluster.
 #[derive(Clone)]
 struct PinSeries {
     created: IntCounter,
     live: IntGauge,
 }
 
-/// Most entries a [`SeriesCache`] keeps; beyond that, lookups go to the vectors directly. The
-/// label sets are bounded by the config (clusters × rules × inaction × status), so this is only
-/// reached after many reloads that rename things.
-const SERIES_CACHE_MAX: usize = 4096;
+/// Most owners a [`HandleTable`] keeps; beyond that, lookups go to the vectors directly. The
+/// owners are bounded by the config (clusters × rules), so this is only reached after many
+/// reloads that rename things.
+const HANDLE_TABLE_MAX: usize = 4096;
 
-/// Label values → metric handles, so a turn does not pay for `with_label_values` (an FNV hash of
-/// every label byte, a read lock and an `Arc` clone per metric) on every observation. Entries
-/// are found by a 64-bit hash of the label values and confirmed by comparing them, so a lookup
-/// allocates nothing. The handles are the vectors' own children (never removed from these
-/// vectors), so what they count is exactly what the exposition shows.
-struct SeriesCache<T> {
-    hasher: ahash::RandomState,
-    map: Mutex<std::collections::HashMap<u64, Vec<Cached<T>>, NoHash>>,
+/// Owner key → metric handles, read on every turn without a lock: the map is an immutable
+/// `ArcSwap`ed value, replaced (copied with one more entry, under `grow`) only the first time an
+/// owner is seen. The handles are the vectors' own children (never removed from these vectors),
+/// so what they count is exactly what the exposition shows.
+struct HandleTable<T> {
+    map: ArcSwap<HashMap<u64, Arc<T>>>,
+    /// Serializes the rare copy-and-insert; readers never take it.
+    grow: Mutex<()>,
 }
 
-/// Stored label values and their handles.
-type Cached<T> = (Box<[Box<str>]>, T);
-
-/// The keys are already hashes.
-#[derive(Default, Clone, Copy)]
-struct NoHash;
-
-struct NoHasher(u64);
-
-impl std::hash::BuildHasher for NoHash {
-    type Hasher = NoHasher;
-    fn build_hasher(&self) -> NoHasher {
-        NoHasher(0)
-    }
-}
-
-impl std::hash::Hasher for NoHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-impl<T: Clone> SeriesCache<T> {
+impl<T> HandleTable<T> {
     fn new() -> Self {
-        SeriesCache {
-            // Fixed keys: the hash only has to spread label sets this process builds itself.
-            hasher: ahash::RandomState::with_seeds(
-                0x6772_6179_6761_7465,
-                0x7365_7269_6573_0001,
-                0x0bad_cafe_f00d_d00d,
-                0x1234_5678_9abc_def0,
-            ),
-            map: Mutex::new(Default::default()),
+        HandleTable {
+            map: ArcSwap::from_pointee(HashMap::new()),
+            grow: Mutex::new(()),
         }
     }
 
-    /// The handles for `labels`, built by `make` on first use.
-    fn get(&self, labels: &[&str], make: impl FnOnce() -> T) -> T {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = self.hasher.build_hasher();
-        for l in labels {
-            h.write(l.as_bytes());
-            h.write_u8(0xff);
+    fn get(&self, key: u64, make: impl FnOnce() -> T) -> Arc<T> {
+        if let Some(t) = self.map.load().get(&key) {
+            return t.clone();
         }
-        let key = h.finish();
-        let same = |stored: &[Box<str>]| {
-            stored.len() == labels.len() && stored.iter().zip(labels).all(|(a, b)| **a == **b)
-        };
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = map.get(&key) {
-            if let Some((_, t)) = list.iter().find(|(k, _)| same(k)) {
-                return t.clone();
-            }
+        let _g = self.grow.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.map.load_full();
+        if let Some(t) = current.get(&key) {
+            return t.clone();
         }
-        let t = make();
-        if map.len() < SERIES_CACHE_MAX {
-            let stored: Box<[Box<str>]> = labels.iter().map(|l| Box::from(*l)).collect();
-            map.entry(key).or_default().push((stored, t.clone()));
+        let t = Arc::new(make());
+        if current.len() < HANDLE_TABLE_MAX {
+            let mut next = HashMap::clone(&current);
+            next.insert(key, t.clone());
+            self.map.store(Arc::new(next));
         }
         t
     }
+}
+
+/// A table key from two interned ids (`None`: no cluster / no rule).
+fn owner_key(cluster: Option<NameId>, rule: Option<NameId>) -> u64 {
+    let c = cluster.map_or(u32::MAX, |c| c.0);
+    let r = rule.map_or(u32::MAX, |r| r.0);
+    (u64::from(c) << 32) | u64::from(r)
 }
 
 impl std::ops::Deref for Metrics {
@@ -241,6 +228,18 @@ impl Metrics {
         .expect("static");
         r.register(Box::new(last_reload_success.clone()))
             .expect("once");
+        let gateway_errors = counter(
+            &r,
+            "graygate_gateway_errors_total",
+            "Errors answered by the gateway itself, by errorCode",
+            &["code"],
+        );
+        let orphan_turns = counter(
+            &r,
+            "graygate_orphan_turns_total",
+            "Later turns with no pin",
+            &["action"],
+        );
         let inner = Inner {
             requests: counter(
                 &r,
@@ -260,12 +259,11 @@ impl Metrics {
                 "Time waiting for the upstream",
                 &["cluster"],
             ),
-            gateway_errors: counter(
-                &r,
-                "graygate_gateway_errors_total",
-                "Errors answered by the gateway itself, by errorCode",
-                &["code"],
-            ),
+            gateway_error_series: ErrorCode::ALL
+                .iter()
+                .map(|c| (c.as_str(), gateway_errors.with_label_values(&[c.as_str()])))
+                .collect(),
+            gateway_errors,
             pins: gauge(
                 &r,
                 "graygate_pins",
@@ -284,12 +282,9 @@ impl Metrics {
                 "Pins released, by reason",
                 &["cluster", "reason"],
             ),
-            orphan_turns: counter(
-                &r,
-                "graygate_orphan_turns_total",
-                "Later turns with no pin",
-                &["action"],
-            ),
+            orphan_routed: orphan_turns.with_label_values(&["routed"]),
+            orphan_rejected: orphan_turns.with_label_values(&["rejected"]),
+            orphan_turns,
             reloads: counter(
                 &r,
                 "graygate_config_reloads_total",
@@ -347,35 +342,16 @@ impl Metrics {
                 &["reason"],
             ),
             shares: crate::shares::ObservedShares::new(),
-            turn_series: SeriesCache::new(),
-            pin_series: SeriesCache::new(),
+            turn_series: HandleTable::new(),
+            pin_series: HandleTable::new(),
             registry: r,
         };
         // Make the zero-valued series visible from the start, so alerts and dashboards see them.
         for result in ["success", "failure"] {
             inner.reloads.with_label_values(&[result]);
         }
-        for action in ["routed", "rejected"] {
-            inner.orphan_turns.with_label_values(&[action]);
-        }
         for l in ["dialog", "admin"] {
             inner.connections.with_label_values(&[l]);
-        }
-        for code in [
-            "GW.BAD_URL",
-            "GW.BAD_JSON",
-            "GW.MISSING_USERID",
-            "GW.BAD_USERID",
-            "GW.MISSING_INACTION",
-            "GW.BAD_INACTION",
-            "GW.METHOD",
-            "GW.ORPHAN_TURN",
-            "GW.BODY_TOO_LARGE",
-            "GW.UPSTREAM",
-            "GW.NO_UPSTREAM",
-            "GW.UPSTREAM_TIMEOUT",
-        ] {
-            inner.gateway_errors.with_label_values(&[code]);
         }
         for r in ["max_connections", "tls", "header_timeout"] {
             inner.rejected_connections.with_label_values(&[r]);
@@ -389,59 +365,86 @@ impl Metrics {
         }
     }
 
-    fn pin_series(&self, cluster: &str) -> PinSeries {
-        self.pin_series.get(&[cluster], || PinSeries {
-            created: self.pins_created.with_label_values(&[cluster]),
-            live: self.pins.with_label_values(&[cluster]),
+    fn pin_series(&self, cluster: NameId) -> Arc<PinSeries> {
+        self.pin_series.get(owner_key(Some(cluster), None), || {
+            let name = crate::ids::name(cluster);
+            PinSeries {
+                created: self.pins_created.with_label_values(&[&name]),
+                live: self.pins.with_label_values(&[&name]),
+            }
         })
     }
 
-    pub fn pin_created(&self, cluster: &str) {
+    /// A pin was created for a call on `cluster`.
+    pub fn pin_created(&self, cluster: NameId) {
         let s = self.pin_series(cluster);
         s.created.inc();
         s.live.inc();
     }
 
-    pub fn pin_released(&self, cluster: &str, reason: ReleaseReason) {
+    /// A pin of a call on `cluster` was released.
+    pub fn pin_released(&self, cluster: NameId, reason: ReleaseReason) {
+        let name = crate::ids::name(cluster);
         self.pins_released
-            .with_label_values(&[cluster, reason.as_str()])
+            .with_label_values(&[&name, reason.as_str()])
             .inc();
         self.pin_series(cluster).live.dec();
     }
 
-    /// Record one finished dialog turn (or other request).
+    /// Record one finished dialog turn (or other request): every turn metric is derived from
+    /// the record here, and nowhere else.
     pub fn observe(&self, rec: &TurnRecord) {
         let inaction = rec.inaction.map(|i| i.label()).unwrap_or("other");
+        let slot = inaction_slot(inaction);
+        let owner = owner_key(rec.cluster_id, rec.rule_id);
+        let s = self.turn_series.get(owner, || {
+            let cluster = rec.cluster.clone();
+            TurnSeries {
+                upstream: cluster
+                    .as_deref()
+                    .map(|c| self.upstream_duration.with_label_values(&[c])),
+                cluster,
+                rule: rec.rule.clone().unwrap_or_else(|| Arc::from("-")),
+                requests: Default::default(),
+                duration: Default::default(),
+            }
+        });
+        let cluster_label = s.cluster.as_deref().unwrap_or("-");
         let mut code = itoa::Buffer::new();
         let code = code.format(rec.status);
-        let cluster = rec.cluster.as_deref();
-        let cluster_label = cluster.unwrap_or("-");
-        let rule = rec.rule.as_deref().unwrap_or("-");
-        // "" as the first label keeps a turn without a cluster apart from a cluster named "-".
-        let present = if cluster.is_some() { "c" } else { "" };
-        let s = self
-            .turn_series
-            .get(&[present, cluster_label, rule, inaction, code], || {
-                TurnSeries {
-                    requests: self.requests.with_label_values(&[
-                        cluster_label,
-                        rule,
-                        inaction,
-                        code,
-                    ]),
-                    duration: self
-                        .request_duration
-                        .with_label_values(&[cluster_label, inaction]),
-                    upstream: cluster.map(|c| self.upstream_duration.with_label_values(&[c])),
-                }
-            });
-        s.requests.inc();
-        s.duration.observe(rec.total.as_secs_f64());
+        let make = || {
+            self.requests
+                .with_label_values(&[cluster_label, &s.rule, inaction, code])
+        };
+        match CODE_SLOTS.iter().position(|c| *c == rec.status) {
+            Some(k) => s.requests[slot][k].get_or_init(make).inc(),
+            None => make().inc(),
+        }
+        s.duration[slot]
+            .get_or_init(|| {
+                self.request_duration
+                    .with_label_values(&[cluster_label, inaction])
+            })
+            .observe(rec.total.as_secs_f64());
         if let (Some(h), Some(u)) = (&s.upstream, rec.upstream) {
             h.observe(u.as_secs_f64());
         }
         if let Some(code) = rec.error_code {
-            self.gateway_errors.with_label_values(&[code]).inc();
+            match self.gateway_error_series.iter().find(|(c, _)| *c == code) {
+                Some((_, c)) => c.inc(),
+                None => self.gateway_errors.with_label_values(&[code]).inc(),
+            }
+        }
+        match (rec.pin, rec.error_code) {
+            (Some("orphan"), _) => self.orphan_routed.inc(),
+            (_, Some("GW.ORPHAN_TURN")) => self.orphan_rejected.inc(),
+            _ => {}
+        }
+        if let (Some(from), Some(to)) = (&rec.fallback_from, &rec.cluster) {
+            self.fallbacks.with_label_values(&[from, to]).inc();
+        }
+        if let (true, Some(rule), Some(cluster)) = (rec.created_pin, rec.rule_id, rec.cluster_id) {
+            self.shares.count(rule, cluster);
         }
     }
 
@@ -452,7 +455,7 @@ impl Metrics {
         if let Some(g) = generation {
             self.generation.set(g as i64);
             self.last_reload_success
-                .set(crate::pins::memory::wall_ms() as f64 / 1000.0);
+                .set(crate::clock::wall_ms() as f64 / 1000.0);
         }
     }
 

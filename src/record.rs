@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use compact_str::CompactString;
 
+use crate::ids::NameId;
 use crate::protocol::{Inaction, Outaction, Vdn};
 
 #[derive(Debug, Default, Clone)]
@@ -20,7 +21,11 @@ pub struct TurnRecord {
     pub userid: Option<CompactString>,
     pub inaction: Option<Inaction>,
     pub rule: Option<Arc<str>>,
+    /// `rule` interned: with `cluster_id`, the owner whose metric handles the turn counts on.
+    pub rule_id: Option<NameId>,
     pub cluster: Option<Arc<str>>,
+    /// `cluster` interned.
+    pub cluster_id: Option<NameId>,
     pub endpoint: Option<Arc<str>>,
     /// new / kept / orphan
     pub pin: Option<&'static str>,
@@ -29,6 +34,8 @@ pub struct TurnRecord {
     /// The gateway's own errorCode when it answered itself.
     pub error_code: Option<&'static str>,
     pub fallback_from: Option<Arc<str>>,
+    /// This turn created its call's pin (the call began here, on `cluster_id` by `rule_id`).
+    pub created_pin: bool,
     pub total: Duration,
     pub upstream: Option<Duration>,
 }

@@ -9,6 +9,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::probe::ProbeError;
 use crate::protocol::Outaction;
+use crate::vocab::ErrorCode;
 
 /// An error the gateway answers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,24 +50,32 @@ impl From<ProbeError> for GatewayError {
 impl GatewayError {
     /// (status, errorCode) — the §3 table.
     pub fn row(&self) -> (StatusCode, &'static str) {
+        let (status, code) = self.status_code();
+        (status, code.as_str())
+    }
+
+    /// (status, [`ErrorCode`]) — the §3 table.
+    pub fn status_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            GatewayError::BadUrl(_) => (StatusCode::BAD_REQUEST, "GW.BAD_URL"),
-            GatewayError::BadJson(_) => (StatusCode::BAD_REQUEST, "GW.BAD_JSON"),
-            GatewayError::MissingUserid => (StatusCode::BAD_REQUEST, "GW.MISSING_USERID"),
-            GatewayError::BadUserid => (StatusCode::BAD_REQUEST, "GW.BAD_USERID"),
-            GatewayError::MissingInaction => (StatusCode::BAD_REQUEST, "GW.MISSING_INACTION"),
-            GatewayError::BadInaction => (StatusCode::BAD_REQUEST, "GW.BAD_INACTION"),
-            GatewayError::Method => (StatusCode::METHOD_NOT_ALLOWED, "GW.METHOD"),
-            GatewayError::OrphanTurn => (StatusCode::CONFLICT, "GW.ORPHAN_TURN"),
-            GatewayError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "GW.BODY_TOO_LARGE"),
-            GatewayError::BodyRead(_) => (StatusCode::BAD_REQUEST, "GW.BAD_JSON"),
-            GatewayError::Upstream(_) => (StatusCode::BAD_GATEWAY, "GW.UPSTREAM"),
-            GatewayError::NoUpstream(_) => (StatusCode::SERVICE_UNAVAILABLE, "GW.NO_UPSTREAM"),
+            GatewayError::BadUrl(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadUrl),
+            GatewayError::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadJson),
+            GatewayError::MissingUserid => (StatusCode::BAD_REQUEST, ErrorCode::MissingUserid),
+            GatewayError::BadUserid => (StatusCode::BAD_REQUEST, ErrorCode::BadUserid),
+            GatewayError::MissingInaction => (StatusCode::BAD_REQUEST, ErrorCode::MissingInaction),
+            GatewayError::BadInaction => (StatusCode::BAD_REQUEST, ErrorCode::BadInaction),
+            GatewayError::Method => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Method),
+            GatewayError::OrphanTurn => (StatusCode::CONFLICT, ErrorCode::OrphanTurn),
+            GatewayError::BodyTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BodyTooLarge)
+            }
+            GatewayError::BodyRead(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadJson),
+            GatewayError::Upstream(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Upstream),
+            GatewayError::NoUpstream(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoUpstream),
             GatewayError::UpstreamTimeout(_) => {
-                (StatusCode::GATEWAY_TIMEOUT, "GW.UPSTREAM_TIMEOUT")
+                (StatusCode::GATEWAY_TIMEOUT, ErrorCode::UpstreamTimeout)
             }
             GatewayError::LocalResources(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "GW.LOCAL_RESOURCES")
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::LocalResources)
             }
         }
     }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use tokio::time::Instant;
 
-use crate::pins::names::NameId;
+use crate::ids::NameId;
 
 /// Seconds the ring covers: the longest window a share can be observed over.
 pub const WINDOW_SECONDS: usize = 300;

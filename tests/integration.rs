@@ -14,6 +14,8 @@ mod console;
 /// deploy/, examples/ and docs/operations.md checked with promtool, kustomize, kubernetes-validate,
 /// systemd-analyze and static checks (missing tools: SKIP, or a failure under CI).
 mod deploy;
+/// The dependency rule of design.md: allowed `crate::` edges between modules, no circles.
+mod deps;
 /// The gateway in front of embedded reference ODFS clusters (the self-contained deployment).
 mod embedded;
 /// Every row of the §3 error table; byte-exact forwarding; other paths.

@@ -205,7 +205,10 @@ pub async fn explain(a: &Admin, query: &str) -> Response<AdminBody> {
         hangup: false,
         fields: Vec::new(),
     };
-    let e = explain_rules(&turn, &HeaderMap::new(), &snap.routing);
+    // Live endpoint health, as the hot path sees it: the same `choose`.
+    let e = explain_rules(&turn, &HeaderMap::new(), &snap.routing, |c| {
+        snap.pools.get(c).is_none_or(|p| p.any_healthy())
+    });
     let orphan = !inaction.starts_call();
     json(
         StatusCode::OK,
@@ -214,6 +217,7 @@ pub async fn explain(a: &Admin, query: &str) -> Response<AdminBody> {
             "rule": e.rule,
             "cluster": e.cluster,
             "why": e.why,
+            "fallback": e.fallback,
             "skipped": e.skipped,
             "orphan": orphan,
             "orphan_turns": format!("{:?}", snap.pins.orphan_turns).to_lowercase(),

@@ -75,17 +75,25 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             HeaderValue::from_str(v.trim())?,
         );
     }
-    let e = crate::router::explain(&turn, &headers, &snap.routing);
+    // No pools here: every cluster is taken as healthy, and the fallback shown as what would
+    // apply if the picked cluster had no healthy endpoint.
+    let e = crate::router::explain(&turn, &headers, &snap.routing, |_| true);
     let new_call = Inaction(args.inaction).starts_call();
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"rule": e.rule, "cluster": e.cluster, "why": e.why, "skipped": e.skipped, "new_call": new_call})
+            serde_json::json!({"rule": e.rule, "cluster": e.cluster, "why": e.why, "fallback": e.fallback, "skipped": e.skipped, "new_call": new_call})
         );
     } else {
         println!("rule:    {}", e.rule);
         println!("cluster: {}", e.cluster);
         println!("why:     {}", e.why);
+        if let Some(f) = &e.fallback {
+            println!(
+                "fallback: `{}` while `{}` has no healthy endpoint",
+                f.to, f.from
+            );
+        }
         for s in &e.skipped {
             println!("skipped: {s}");
         }

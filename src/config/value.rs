@@ -194,13 +194,8 @@ impl<'de> Deserialize<'de> for Weight {
     }
 }
 
-/// An endpoint URL: `http://host:port` or `https://host:port`, no path beyond `/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointUrl {
-    pub text: String,
-    pub https: bool,
-    pub authority: http::uri::Authority,
-}
+/// The type lives with the upstreams, which use it; its parsing is a config value's.
+pub use crate::upstream::EndpointUrl;
 
 impl EndpointUrl {
     pub fn parse(s: &str) -> Result<EndpointUrl, String> {

@@ -7,27 +7,8 @@
 //! - Every other answer leaves the pin as it is (the lookup already refreshed it).
 
 use crate::protocol::Outaction;
-
-/// How the turn found its cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinKind {
-    /// A new call routed by the rules.
-    New,
-    /// A turn that followed an existing pin.
-    Kept,
-    /// A later turn with no pin, routed by the rules (`orphan_turns: route`).
-    Orphan,
-}
-
-impl PinKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PinKind::New => "new",
-            PinKind::Kept => "kept",
-            PinKind::Orphan => "orphan",
-        }
-    }
-}
+/// Moved to the leaf [`crate::vocab`].
+pub use crate::vocab::PinKind;
 
 /// The store operation an answer calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,13 +15,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use compact_str::CompactString;
 use tokio::time::Instant;
 
-use super::names::{self, NameId};
 use super::{Pin, PinStore, ReleaseReason};
+use crate::ids::NameId;
 use crate::metrics::Metrics;
 
 const SHARDS: usize = 64;
@@ -81,8 +81,7 @@ impl MemoryStore {
     }
 
     fn count_release(&self, pin: &Pin, reason: ReleaseReason) {
-        let cluster = names::name(pin.cluster);
-        self.inner.metrics.pin_released(&cluster, reason);
+        self.inner.metrics.pin_released(pin.cluster, reason);
     }
 
     /// Live pins (for the sweeper's bookkeeping and tests).
@@ -178,7 +177,7 @@ impl MemoryStore {
             };
             self.count_release(&old.pin, reason);
         }
-        self.inner.metrics.pin_created(&names::name(pin.cluster));
+        self.inner.metrics.pin_created(pin.cluster);
         pin
     }
 
@@ -226,13 +225,8 @@ impl MemoryStore {
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Moved to the leaf [`crate::clock`].
+pub use crate::clock::wall_ms;
 
 impl PinStore for MemoryStore {
     async fn get(&self, userid: &str, idle_ttl: Duration) -> Option<Pin> {
@@ -302,6 +296,7 @@ impl PinStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids as names;
 
     fn pin(cluster: &str) -> Pin {
         Pin {

@@ -7,14 +7,18 @@
 
 pub mod lifecycle;
 pub mod memory;
-pub mod names;
 pub mod persist;
 pub mod redis;
+
+/// The interner moved to the leaf [`crate::ids`]; this name stays for existing callers.
+pub use crate::ids as names;
+/// Moved to the leaf [`crate::vocab`].
+pub use crate::vocab::ReleaseReason;
 
 use std::future::Future;
 use std::time::Duration;
 
-use names::NameId;
+use crate::ids::NameId;
 
 /// One call's pin. Small and `Copy`: names are interned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,26 +32,6 @@ pub struct Pin {
     pub created_at_ms: u64,
     /// The call got an outaction 10: the pin lives only `end_grace` more.
     pub ending: bool,
-}
-
-/// Why a pin went away; `as_str` is the metric label, so they cannot drift.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReleaseReason {
-    Hangup,
-    Idle,
-    Admin,
-    EndGrace,
-}
-
-impl ReleaseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReleaseReason::Hangup => "hangup",
-            ReleaseReason::Idle => "idle",
-            ReleaseReason::Admin => "admin",
-            ReleaseReason::EndGrace => "end_grace",
-        }
-    }
 }
 
 /// What to do with later turns that have no pin.

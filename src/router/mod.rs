@@ -3,8 +3,10 @@
 //! Inputs: the probed [`Turn`], the request headers and the compiled [`Routing`] of the request's
 //! snapshot. Output: a [`Decision`] — the rule that matched (or the default) and the cluster.
 //! It never does I/O, never reads a clock and never touches pins: following a pin is the proxy's
-//! job, health and fallback are the upstream's. `graygate explain`, `GET /admin/explain` and the
-//! hot path call the same [`decide`].
+//! job. [`choose`] adds the other half of "where does a new call go": the cluster's `fallback:`
+//! while it has no healthy endpoint, with health passed in as a function, so that the hot path
+//! (live endpoint health), `GET /admin/explain` (the same) and `graygate explain` (no pools: all
+//! taken as healthy) make the same choice with the same code.
 //!
 //! Rules are evaluated in file order, first match wins. To keep that cheap with thousands of
 //! rules, rules with a `vdn` condition are indexed by vdn ([`VdnIndex`]): a turn only evaluates
@@ -38,6 +40,9 @@ pub struct Routing {
     index: VdnIndex,
     /// Rules without a vdn condition, in order.
     unindexed: Vec<u32>,
+    /// Some rule has a `headers:` condition (an engine that does not keep a header map builds
+    /// one only then).
+    needs_headers: bool,
     default_name: Arc<str>,
 }
 
@@ -70,7 +75,9 @@ impl Routing {
             .filter(|(_, r)| r.vdn.is_none())
             .map(|(i, _)| i as u32)
             .collect();
+        let needs_headers = rules.iter().any(|r| !r.headers.is_empty());
         Routing {
+            needs_headers,
             rules,
             default,
             clusters,
@@ -80,6 +87,11 @@ impl Routing {
             unindexed,
             default_name: Arc::from("default"),
         }
+    }
+
+    /// Some rule looks at request headers.
+    pub fn needs_headers(&self) -> bool {
+        self.needs_headers
     }
 
     /// The rule's name as a shared string (no allocation per turn).
@@ -120,6 +132,51 @@ impl Routing {
             Target::Cluster(c) => (!self.draining[*c]).then_some(*c),
             Target::Split(s) => s.choose(&turn.userid, |c| !self.draining[c]),
         }
+    }
+}
+
+/// Where a new call (or a routed orphan turn) goes, fallback included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    /// The rule that matched, or the default.
+    pub rule: RuleRef,
+    /// The cluster the rule picked.
+    pub picked: usize,
+    /// Where the call goes: `picked`, or its `fallback:` when `picked` has no healthy endpoint.
+    pub cluster: usize,
+    /// `picked`'s `fallback:` cluster, if it has one. When `cluster == picked` it is still the
+    /// place the proxy sends the call to if no endpoint of `picked` can be reached in fact
+    /// (its health not yet marked down).
+    pub fallback: Option<usize>,
+}
+
+impl Choice {
+    /// The fallback applied: the call leaves `picked` for `cluster`.
+    pub fn fell_back(&self) -> bool {
+        self.cluster != self.picked
+    }
+}
+
+/// The whole choice for a new call: [`decide`] on the rules, then the picked cluster's
+/// fallback when `healthy(picked)` says it has no healthy endpoint (spec §10: once, never a
+/// chain). Pure: health is a function of the cluster index that the caller supplies.
+pub fn choose(
+    turn: &Turn,
+    headers: &HeaderMap,
+    routing: &Routing,
+    healthy: impl Fn(usize) -> bool,
+) -> Choice {
+    let d = decide(turn, headers, routing);
+    let fallback = routing.fallback.get(d.cluster).copied().flatten();
+    let cluster = match fallback {
+        Some(fb) if !healthy(d.cluster) => fb,
+        _ => d.cluster,
+    };
+    Choice {
+        rule: d.rule,
+        picked: d.cluster,
+        cluster,
+        fallback,
     }
 }
 
@@ -237,15 +294,36 @@ mod tests;
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Explanation {
     pub rule: String,
+    /// Where the call goes (after the fallback, when it applies).
     pub cluster: String,
     pub why: String,
+    /// The picked cluster's `fallback:`: `{from, to, applied}`, or `None` when it has none.
+    pub fallback: Option<ExplainedFallback>,
     /// Rules passed over on the way, with the reason.
     pub skipped: Vec<String>,
 }
 
-/// Decide and say why, rule by rule.
-pub fn explain(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Explanation {
-    let d = decide(turn, headers, routing);
+/// The fallback half of an [`Explanation`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExplainedFallback {
+    pub from: String,
+    pub to: String,
+    /// True when `from` has no healthy endpoint now, so the call goes to `to`.
+    pub applied: bool,
+}
+
+/// [`choose`] and say why, rule by rule.
+pub fn explain(
+    turn: &Turn,
+    headers: &HeaderMap,
+    routing: &Routing,
+    healthy: impl Fn(usize) -> bool,
+) -> Explanation {
+    let choice = choose(turn, headers, routing, healthy);
+    let d = Decision {
+        rule: choice.rule,
+        cluster: choice.picked,
+    };
     let mut skipped = Vec::new();
     let last = match d.rule {
         RuleRef::Rule(i) => i,
@@ -292,10 +370,25 @@ pub fn explain(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Explanati
         },
         RuleRef::Default => "no rule matched: the default cluster".to_string(),
     };
+    let fallback = choice.fallback.map(|fb| ExplainedFallback {
+        from: routing.cluster_name(choice.picked).to_string(),
+        to: routing.cluster_name(fb).to_string(),
+        applied: choice.fell_back(),
+    });
+    let why = if choice.fell_back() {
+        format!(
+            "{why}; `{}` has no healthy endpoint, so its fallback `{}` takes the call",
+            routing.cluster_name(choice.picked),
+            routing.cluster_name(choice.cluster)
+        )
+    } else {
+        why
+    };
     Explanation {
         rule: routing.rule_name(d.rule).to_string(),
-        cluster: routing.cluster_name(d.cluster).to_string(),
+        cluster: routing.cluster_name(choice.cluster).to_string(),
         why,
+        fallback,
         skipped,
     }
 }

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::pool::Endpoint;
+use super::endpoint::Endpoint;
 use crate::router::split::score;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

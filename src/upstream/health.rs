@@ -6,7 +6,7 @@
 //!
 //! The streaks live on the [`Endpoint`], so an endpoint that stays across a reload keeps its
 //! verdict and its count. The task holds only a weak reference to its pool: it ends when the
-//! pool is dropped (and is aborted at once by [`HealthTask`]'s drop), and `Upstreams` replaces
+//! pool is dropped (and is aborted at once by [`TaskHandle`]'s drop), and `Upstreams` replaces
 //! it when the cluster's spec changes.
 
 use std::sync::atomic::Ordering;
@@ -14,22 +14,11 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use tokio::task::JoinHandle;
 
 use super::client::{error_chain, ReqBody};
-use super::pool::{ClusterPool, Endpoint};
+use super::endpoint::Endpoint;
+use super::pool::{ClusterPool, TaskHandle};
 use super::HealthSpec;
-
-/// The running check task of one pool; dropping it stops the task.
-pub struct HealthTask {
-    handle: JoinHandle<()>,
-}
-
-impl Drop for HealthTask {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
 
 /// (Re)start the checks of `pool` from its current state: stops the old task, starts a new one
 /// when the spec has `health`. Without `health`, endpoints the old checks marked down are
@@ -57,7 +46,7 @@ pub fn restart(pool: &Arc<ClusterPool>) {
     }
 }
 
-fn spawn(pool: Weak<ClusterPool>, spec: HealthSpec) -> HealthTask {
+fn spawn(pool: Weak<ClusterPool>, spec: HealthSpec) -> TaskHandle {
     let handle = tokio::spawn(async move {
         // Validation refuses a zero interval; never let one panic `interval` here.
         let every = spec.interval.max(std::time::Duration::from_millis(10));
@@ -69,7 +58,7 @@ fn spawn(pool: Weak<ClusterPool>, spec: HealthSpec) -> HealthTask {
             check_all(&pool, &spec).await;
         }
     });
-    HealthTask { handle }
+    TaskHandle(handle)
 }
 
 /// One round: every endpoint checked at once, then the verdicts applied.

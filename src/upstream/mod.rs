@@ -11,6 +11,7 @@ pub mod balance;
 pub mod client;
 pub mod conn;
 pub mod embedded;
+pub mod endpoint;
 pub mod health;
 pub mod pool;
 
@@ -22,11 +23,11 @@ use arc_swap::ArcSwap;
 
 pub use balance::Balance;
 pub use client::UpstreamError;
-pub use pool::{ClusterPool, Endpoint, InflightGuard, PickError};
+pub use endpoint::{Endpoint, EndpointUrl};
+pub use pool::{ClusterPool, InflightGuard, PickError};
 
-use crate::config::value::EndpointUrl;
+use crate::ids::{self as names, NameId};
 use crate::metrics::Metrics;
-use crate::pins::names::{self, NameId};
 
 /// A cluster as one config generation describes it (compiled, validated).
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 //! balancing counter and the HTTP client. It outlives config generations: a reload that keeps
 //! the cluster swaps in new settings and endpoints but keeps each surviving endpoint's health.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,114 +11,17 @@ use tokio::time::Instant;
 
 use super::balance::Balance;
 use super::client::{self, Client};
+pub use super::endpoint::Endpoint;
 use super::ClusterSpec;
+use crate::ids::NameId;
 use crate::metrics::Metrics;
-use crate::pins::names::NameId;
 
-/// One ODFS node of a cluster.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// `http://host:port` as written (or the embedded loopback address).
-    pub url: Arc<str>,
-    pub https: bool,
-    /// Scheme and authority for building request URIs (parsed once).
-    pub authority: Option<http::uri::Authority>,
-    /// `host:port` to connect to (port 80 when the URL has none), for plain `http://`.
-    pub connect_to: Arc<str>,
-    /// Idle keep-alive connections (plain `http://` only), kept with the endpoint across
-    /// reloads.
-    pub conns: Arc<super::conn::Conns>,
-    /// Rendezvous seed for `userid_hash`.
-    pub seed: u64,
-    inflight: AtomicU32,
-    /// The active check's verdict.
-    checked_healthy: AtomicBool,
-    /// Active checks in a row that passed / failed (kept across reloads with the endpoint).
-    pub(super) check_passes: AtomicU32,
-    pub(super) check_failures: AtomicU32,
-    consecutive_failures: AtomicU32,
-    /// Ejected until this many ms after the pool's epoch (0 = not ejected).
-    ejected_until: AtomicU64,
-    ejections_in_a_row: AtomicU32,
-    /// Why the active check marked it down, for /admin/config.
-    check_reason: std::sync::Mutex<Option<String>>,
-    /// Why live traffic ejected it, for /admin/config.
-    eject_reason: std::sync::Mutex<Option<String>>,
-}
+/// A background task of the pool (its health checks); dropping the handle stops the task.
+pub struct TaskHandle(pub(super) tokio::task::JoinHandle<()>);
 
-impl Endpoint {
-    pub fn new(url: &str, https: bool) -> Self {
-        let authority = url
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|u| u.authority().cloned());
-        let connect_to = match &authority {
-            Some(a) => format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)),
-            None => String::new(),
-        };
-        Endpoint {
-            url: Arc::from(url),
-            https,
-            authority,
-            connect_to: Arc::from(connect_to),
-            conns: Arc::default(),
-            seed: crate::router::split::seed("endpoint", url),
-            inflight: AtomicU32::new(0),
-            checked_healthy: AtomicBool::new(true),
-            check_passes: AtomicU32::new(0),
-            check_failures: AtomicU32::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            ejections_in_a_row: AtomicU32::new(0),
-            check_reason: std::sync::Mutex::new(None),
-            eject_reason: std::sync::Mutex::new(None),
-        }
-    }
-
-    pub fn inflight(&self) -> u32 {
-        self.inflight.load(Ordering::Relaxed)
-    }
-
-    pub fn checked_healthy(&self) -> bool {
-        self.checked_healthy.load(Ordering::Relaxed)
-    }
-
-    /// Record the active check's verdict (and why, when it is down). Returns true when the
-    /// verdict changed.
-    pub fn set_checked_healthy(&self, healthy: bool) -> bool {
-        let was = self.checked_healthy.swap(healthy, Ordering::Relaxed);
-        was != healthy
-    }
-
-    /// Why the active check says the endpoint is down (`None` clears it).
-    pub fn set_check_reason(&self, r: Option<String>) {
-        if let Ok(mut g) = self.check_reason.lock() {
-            *g = r;
-        }
-    }
-
-    fn ejected(&self, now_ms: u64) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now_ms
-    }
-
-    fn set_eject_reason(&self, r: Option<String>) {
-        if let Ok(mut g) = self.eject_reason.lock() {
-            *g = r;
-        }
-    }
-
-    /// Why the endpoint takes no new calls: the check's reason and the ejection's, joined.
-    fn reason(&self, now_ms: u64) -> Option<String> {
-        let mut parts = Vec::new();
-        if !self.checked_healthy() {
-            let r = self.check_reason.lock().ok().and_then(|g| g.clone());
-            parts.push(r.unwrap_or_else(|| "health check failed".into()));
-        }
-        if self.ejected(now_ms) {
-            let r = self.eject_reason.lock().ok().and_then(|g| g.clone());
-            parts.push(r.unwrap_or_else(|| "ejected".into()));
-        }
-        (!parts.is_empty()).then(|| parts.join("; "))
+impl Drop for TaskHandle {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -135,6 +38,8 @@ pub struct ClusterPool {
     pub id: NameId,
     pub state: ArcSwap<PoolState>,
     counter: AtomicUsize,
+    /// `graygate_inflight_requests{cluster}`, resolved once for the pool's life.
+    inflight_gauge: prometheus::IntGauge,
     epoch: Instant,
     metrics: Metrics,
     /// Ejection decisions are taken one at a time, so that two endpoints failing at once
@@ -143,7 +48,7 @@ pub struct ClusterPool {
     /// The embedded backend's servers, if any: dropping the pool stops them.
     pub embedded: std::sync::Mutex<Option<super::embedded::EmbeddedCluster>>,
     /// The active health check task, if the spec has `health`: dropping it stops the task.
-    pub(super) health: std::sync::Mutex<Option<super::health::HealthTask>>,
+    pub(super) health: std::sync::Mutex<Option<TaskHandle>>,
 }
 
 /// A slot taken on an endpoint; gives it back when dropped.
@@ -190,7 +95,7 @@ impl ClusterPool {
                 .set(1);
             metrics.ejections.with_label_values(&[&name, &e.url]);
         }
-        metrics.inflight.with_label_values(&[&name]);
+        let inflight_gauge = metrics.inflight.with_label_values(&[&name]);
         for reason in ["hangup", "idle", "admin", "end_grace"] {
             metrics.pins_released.with_label_values(&[&name, reason]);
         }
@@ -208,6 +113,7 @@ impl ClusterPool {
                 client,
             }),
             counter: AtomicUsize::new(0),
+            inflight_gauge,
             epoch: Instant::now(),
             metrics,
             eject_lock: std::sync::Mutex::new(()),
@@ -281,7 +187,7 @@ impl ClusterPool {
                     if max == 0 {
                         e.inflight.fetch_add(1, Ordering::Relaxed);
                     }
-                    let gauge = self.metrics.inflight.with_label_values(&[&self.name]);
+                    let gauge = self.inflight_gauge.clone();
                     gauge.inc();
                     return Ok((
                         i,
@@ -435,7 +341,7 @@ pub fn timeouts(spec: &ClusterSpec) -> (Duration, Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::value::EndpointUrl;
+    use crate::upstream::EndpointUrl;
     use crate::upstream::{health, HealthSpec, OutlierSpec, TlsSpec};
 
     fn spec(n: usize, outlier: OutlierSpec) -> ClusterSpec {
@@ -464,14 +370,8 @@ mod tests {
             .map(|u| Arc::new(Endpoint::new(&u.text, false)))
             .collect();
         let m = Metrics::new();
-        let p = ClusterPool::new(
-            Arc::from("c"),
-            crate::pins::names::intern("c"),
-            s,
-            eps,
-            m.clone(),
-        )
-        .unwrap();
+        let p =
+            ClusterPool::new(Arc::from("c"), crate::ids::intern("c"), s, eps, m.clone()).unwrap();
         (p, m)
     }
 
