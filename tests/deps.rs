@@ -25,6 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("civil", &[]),
     ("tlsfiles", &[]),
     ("lifecycle", &[]),
+    ("fdlimit", &[]),
     ("record", &["protocol", "ids"]),
     ("shares", &["ids"]),
     ("history", &["civil", "clock"]),
@@ -37,14 +38,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "upstream",
         &[
-            "protocol", "metrics", "backend", "ids", "router", "tlsfiles",
+            "protocol", "metrics", "backend", "ids", "router", "tlsfiles", "fdlimit",
         ],
     ),
     ("snapshot", &["probe", "router", "pins", "upstream", "ids"]),
     ("respond", &["protocol", "probe", "vocab"]),
     (
         "listener",
-        &["lifecycle", "metrics", "snapshot", "tlsfiles"],
+        &["lifecycle", "metrics", "snapshot", "tlsfiles", "fdlimit"],
     ),
     (
         "proxy",
