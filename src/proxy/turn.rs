@@ -259,19 +259,7 @@ impl<'p> TurnCtx<'p> {
             .as_ref()
             .map(|t| t.userid.clone())
             .unwrap_or_default();
-        let state = pool.state.load_full();
-        self.deadline = Instant::now() + state.spec.timeout;
-        match send_on(
-            &pool,
-            &state,
-            attempt,
-            &userid,
-            strict,
-            &mut self.rec,
-            self.deadline,
-        )
-        .await
-        {
+        match self.send_to(&pool, attempt, &userid, strict).await {
             Ok(a) => Ok(a),
             Err(f) if f.unreachable && spare.is_some() => {
                 let Some(fb) = spare.and_then(|c| self.gen.pools.get(c)) else {
@@ -287,19 +275,9 @@ impl<'p> TurnCtx<'p> {
                     r.spare = None;
                 }
                 // A cluster of its own, with a timeout of its own.
-                let state = fb.state.load_full();
-                self.deadline = Instant::now() + state.spec.timeout;
-                send_on(
-                    &fb,
-                    &state,
-                    attempt,
-                    &userid,
-                    strict,
-                    &mut self.rec,
-                    self.deadline,
-                )
-                .await
-                .map_err(|f| f.error)
+                self.send_to(&fb, attempt, &userid, strict)
+                    .await
+                    .map_err(|f| f.error)
             }
             // A pinned turn that reached no endpoint of its cluster: one answer, 503, whether
             // the endpoints are already marked down or not yet (spec §10).
@@ -313,6 +291,29 @@ impl<'p> TurnCtx<'p> {
             }),
             Err(f) => Err(f.error),
         }
+    }
+
+    /// One cluster's try for [`TurnCtx::forward`]: the pool's state loaded once and its
+    /// `timeout` started as the turn's deadline.
+    async fn send_to<A: Attempt>(
+        &mut self,
+        pool: &ClusterPool,
+        attempt: &mut A,
+        userid: &str,
+        strict: bool,
+    ) -> Result<A::Answer, Failed> {
+        let state = pool.state.load_full();
+        self.deadline = Instant::now() + state.spec.timeout;
+        send_on(
+            pool,
+            &state,
+            attempt,
+            userid,
+            strict,
+            &mut self.rec,
+            self.deadline,
+        )
+        .await
     }
 
     /// Runs when the engine has the answer's status and, for a 2xx it could read whole, its
