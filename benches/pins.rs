@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use graygate::ids as names;
 use graygate::metrics::Metrics;
 use graygate::pins::memory::MemoryStore;
-use graygate::pins::names;
 use graygate::pins::{Pin, PinStore, ReleaseReason};
 
 const LIVE: usize = 1_000_000;

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use graygate::ids as names;
 use graygate::metrics::Metrics;
 use graygate::pins::memory::MemoryStore;
-use graygate::pins::names;
 use graygate::pins::{Pin, PinStore};
 
 fn vm_rss_kib() -> u64 {

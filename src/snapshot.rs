@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::pins::names::NameId;
+use crate::ids::NameId;
 use crate::pins::PinPolicy;
 use crate::probe::ProbeSpec;
 use crate::router::Routing;

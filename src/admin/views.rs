@@ -3,7 +3,7 @@
 use http::{HeaderMap, Response, StatusCode};
 
 use super::{error, json, query_pairs, Admin, AdminBody};
-use crate::pins::names::{self, NameId};
+use crate::ids::{self as names, NameId};
 use crate::pins::{Pin, PinStore};
 use crate::probe::{Dialog, Turn};
 use crate::protocol::{parse_vdn, Inaction, MAX_USERID_CHARS};

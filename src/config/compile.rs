@@ -12,8 +12,8 @@ use http::HeaderName;
 
 use super::raw::{self, RoutesFile};
 use super::value::{Checked, HumanDuration};
+use crate::ids as names;
 use crate::located::{Located, LocatedErrors};
-use crate::pins::names;
 use crate::pins::{OrphanPolicy, PinPolicy};
 use crate::probe::ProbeSpec;
 use crate::router::split::Split;
@@ -346,7 +346,7 @@ pub fn compile(
     Ok(Snapshot {
         generation: 0,
         sha256: sha256_hex(text.as_bytes()),
-        loaded_at_ms: crate::pins::memory::wall_ms(),
+        loaded_at_ms: crate::clock::wall_ms(),
         path: config_path.to_path_buf(),
         listen,
         admin,

@@ -160,7 +160,7 @@ impl Reloader {
                 if let Ok(mut s) = self.status.lock() {
                     s.reloads_failed += 1;
                     s.last_error = Some(errs.0.clone());
-                    s.last_error_at_ms = Some(crate::pins::memory::wall_ms());
+                    s.last_error_at_ms = Some(crate::clock::wall_ms());
                 }
             }
         }

@@ -225,9 +225,6 @@ impl MemoryStore {
     }
 }
 
-/// Moved to the leaf [`crate::clock`].
-pub use crate::clock::wall_ms;
-
 impl PinStore for MemoryStore {
     async fn get(&self, userid: &str, idle_ttl: Duration) -> Option<Pin> {
         let now = self.now_ms();

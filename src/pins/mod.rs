@@ -10,8 +10,6 @@ pub mod memory;
 pub mod persist;
 pub mod redis;
 
-/// The interner moved to the leaf [`crate::ids`]; this name stays for existing callers.
-pub use crate::ids as names;
 /// Moved to the leaf [`crate::vocab`].
 pub use crate::vocab::ReleaseReason;
 

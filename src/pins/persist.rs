@@ -52,9 +52,10 @@ use tokio::time::Instant;
 
 use serde::Deserialize;
 
-use super::memory::{wall_ms, MemoryStore};
-use super::names;
+use super::memory::MemoryStore;
 use super::Pin;
+use crate::clock::wall_ms;
+use crate::ids as names;
 
 /// How often the writer looks for changes (longer after a long write, see [`pause_after`]).
 pub const WRITE_EVERY: Duration = Duration::from_millis(500);

@@ -54,9 +54,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult, Script};
 use tokio::time::Instant;
 
-use super::memory::{wall_ms, MemoryStore};
-use super::names::{self, NameId};
+use super::memory::MemoryStore;
 use super::{Pin, PinStore, ReleaseReason};
+use crate::clock::wall_ms;
+use crate::ids::{self as names, NameId};
 use crate::metrics::{store_error, store_timer, Metrics};
 
 /// Pin changes queued while Redis is away, at most. Past it new entries are dropped (and
