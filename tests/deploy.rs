@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support::have_tool;
 use serde_yaml::Value as Yaml;
 
 // === the contract copied from spec §6 ===
@@ -90,23 +91,6 @@ fn read(rel: &str) -> String {
 
 fn yaml(rel: &str) -> Yaml {
     serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-/// Is `program args…` runnable? If not: panic under CI, otherwise print a SKIP line.
-fn have_tool(test: &str, program: &str, args: &[&str]) -> bool {
-    let ok = Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        let what = format!("`{program} {}` is not available", args.join(" "));
-        if std::env::var_os("CI").is_some() {
-            panic!("{test}: {what}; CI must run scripts/install-test-deps.sh first");
-        }
-        eprintln!("SKIP {test}: {what} (install it with scripts/install-test-deps.sh)");
-    }
-    ok
 }
 
 fn run(program: &str, args: &[&str], cwd: &Path) -> Output {

@@ -234,22 +234,49 @@ fn fd_config(up: &Upstream, limits: &str) -> String {
     )
 }
 
+/// The gateway run with 256 descriptors in front of a 200 ms upstream, `limits` added to its
+/// file, after a flood of 500 clients: what the flood saw and `/metrics` right after it.
+struct FdRun {
+    _up: Upstream,
+    p: Process,
+    f: Flood,
+    metrics: String,
+}
+
+impl FdRun {
+    /// A metric of the scrape after the flood; 0 when it was not exported.
+    fn m(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics, name, labels).unwrap_or(0.0)
+    }
+}
+
+async fn flood_with_256_descriptors(limits: &str) -> FdRun {
+    let up = Upstream::start("stable").await;
+    up.set_delay(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let (path, d, a) = config_in(&dir, &fd_config(&up, limits));
+    let p = Process::spawn_custom(dir, path, d, a, &["prlimit", "--nofile=256:256"], |_| {}).await;
+    let f = flood(&p, 500).await;
+    let metrics = Client::new()
+        .get_text(&format!("http://{}/metrics", p.admin))
+        .await;
+    FdRun {
+        _up: up,
+        p,
+        f,
+        metrics,
+    }
+}
+
 /// Acceptance 2: a `max_connections` above what the descriptor limit can carry, and more
 /// clients than descriptors. Turns that find no descriptor for their upstream connection get
 /// 503 `GW.LOCAL_RESOURCES`, counted as the gateway's own; the endpoint is never ejected nor
 /// marked down; `/healthz` answers throughout; afterwards turns are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_descriptor_shortage_is_never_blamed_on_the_endpoint() {
-    let up = Upstream::start("stable").await;
-    up.set_delay(Duration::from_millis(200));
-    let dir = tempfile::tempdir().unwrap();
-    let (path, d, a) = config_in(&dir, &fd_config(&up, ", max_connections: 10000"));
-    let p = Process::spawn_custom(dir, path, d, a, &["prlimit", "--nofile=256:256"], |_| {}).await;
-    let f = flood(&p, 500).await;
+    let run = flood_with_256_descriptors(", max_connections: 10000").await;
+    let (p, f, m) = (&run.p, &run.f, |n: &str, l: &[(&str, &str)]| run.m(n, l));
     let c = Client::new();
-    let metrics = c.get_text(&format!("http://{}/metrics", p.admin)).await;
-    let m =
-        |name: &str, labels: &[(&str, &str)]| metric_value(&metrics, name, labels).unwrap_or(0.0);
     println!("fd limit 256, max_connections 10000, 500 clients: {f:?}");
     assert!(f.local > 0, "no local error seen: {f:?}\n{}", p.logs());
     assert!(
@@ -304,16 +331,8 @@ async fn own_descriptor_shortage_is_never_blamed_on_the_endpoint() {
 /// the others are all served, and nothing is short of descriptors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_max_connections_follows_the_descriptor_limit() {
-    let up = Upstream::start("stable").await;
-    up.set_delay(Duration::from_millis(200));
-    let dir = tempfile::tempdir().unwrap();
-    let (path, d, a) = config_in(&dir, &fd_config(&up, ""));
-    let p = Process::spawn_custom(dir, path, d, a, &["prlimit", "--nofile=256:256"], |_| {}).await;
-    let f = flood(&p, 500).await;
-    let c = Client::new();
-    let metrics = c.get_text(&format!("http://{}/metrics", p.admin)).await;
-    let m =
-        |name: &str, labels: &[(&str, &str)]| metric_value(&metrics, name, labels).unwrap_or(0.0);
+    let run = flood_with_256_descriptors("").await;
+    let (p, f, m) = (&run.p, &run.f, |n: &str, l: &[(&str, &str)]| run.m(n, l));
     println!("fd limit 256, default max_connections, 500 clients: {f:?}");
     let caps = p
         .logs()

@@ -17,20 +17,7 @@ use crate::support::*;
 const CLIENT_IP: &str = "127.0.0.2";
 
 fn haproxy_or_skip(test: &str) -> bool {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: haproxy is not installed (CI must install it)");
-    }
-    eprintln!("SKIP {test}: haproxy is not installed");
-    false
+    have_tool(test, "haproxy", &["-v"])
 }
 
 /// A layer-4 HAProxy on a free loopback port in front of `backend`, sending `send_proxy`

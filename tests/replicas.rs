@@ -21,20 +21,7 @@ struct RedisServer {
 
 /// True when the tests can run; prints SKIP (or fails in CI) when `redis-server` is missing.
 fn redis_or_skip(test: &str) -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: redis-server is not installed (CI must install it)");
-    }
-    eprintln!("SKIP {test}: redis-server is not installed");
-    false
+    have_tool(test, "redis-server", &["--version"])
 }
 
 impl RedisServer {
@@ -146,6 +133,22 @@ fn config(stable: &Upstream, canary: &Upstream, redis: &RedisServer, rest: &str)
             redis.url()
         ),
     )
+}
+
+/// The two stand-in clusters (kept alive by the caller) and a file, pins in `redis`, that
+/// splits new calls half and half between them.
+async fn half_split(redis: &RedisServer) -> ((Upstream, Upstream), String) {
+    let (stable, canary) = (
+        Upstream::start("stable").await,
+        Upstream::start("canary").await,
+    );
+    let yaml = config(
+        &stable,
+        &canary,
+        redis,
+        "rules:\n  - { name: half, split: { stable: 50, canary: 50 } }\ndefault: stable\n",
+    );
+    ((stable, canary), yaml)
 }
 
 /// One turn; returns (upstream label, pin kind from the decision header).
@@ -303,16 +306,7 @@ async fn redis_outage_fails_no_turn_and_heals() {
         return;
     }
     let mut redis = RedisServer::start().await;
-    let (stable, canary) = (
-        Upstream::start("stable").await,
-        Upstream::start("canary").await,
-    );
-    let yaml = config(
-        &stable,
-        &canary,
-        &redis,
-        "rules:\n  - { name: half, split: { stable: 50, canary: 50 } }\ndefault: stable\n",
-    );
+    let (_upstreams, yaml) = half_split(&redis).await;
     let a = Arc::new(Gateway::start(&yaml).await);
     let b = Arc::new(Gateway::start(&yaml).await);
     let c = Client::new();
@@ -416,16 +410,7 @@ async fn restarted_replica_keeps_every_call_on_its_cluster() {
         return;
     }
     let redis = RedisServer::start().await;
-    let (stable, canary) = (
-        Upstream::start("stable").await,
-        Upstream::start("canary").await,
-    );
-    let yaml = config(
-        &stable,
-        &canary,
-        &redis,
-        "rules:\n  - { name: half, split: { stable: 50, canary: 50 } }\ndefault: stable\n",
-    );
+    let (_upstreams, yaml) = half_split(&redis).await;
     let mut a = Gateway::start(&yaml).await;
     let b = Gateway::start(&yaml).await;
     let c = Client::new();
@@ -532,16 +517,7 @@ async fn idle_replica_survives_a_redis_restart_without_a_store_error() {
         return;
     }
     let mut redis = RedisServer::start().await;
-    let (stable, canary) = (
-        Upstream::start("stable").await,
-        Upstream::start("canary").await,
-    );
-    let yaml = config(
-        &stable,
-        &canary,
-        &redis,
-        "rules:\n  - { name: half, split: { stable: 50, canary: 50 } }\ndefault: stable\n",
-    );
+    let (_upstreams, yaml) = half_split(&redis).await;
     let a = Gateway::start(&yaml).await;
     let b = Gateway::start(&yaml).await;
     let c = Client::new();

@@ -586,6 +586,23 @@ impl Drop for Process {
     }
 }
 
+/// Is `program args…` runnable? If not: panic under CI, otherwise print a SKIP line.
+pub fn have_tool(test: &str, program: &str, args: &[&str]) -> bool {
+    let ok = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        let what = format!("`{program} {}` is not available", args.join(" "));
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: {what}; CI must run scripts/install-test-deps.sh first");
+        }
+        eprintln!("SKIP {test}: {what} (install it with scripts/install-test-deps.sh)");
+    }
+    ok
+}
+
 /// A free loopback port (bound and released; a tiny race is acceptable in tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
