@@ -7,8 +7,7 @@
 //! - Every other answer leaves the pin as it is (the lookup already refreshed it).
 
 use crate::protocol::Outaction;
-/// Moved to the leaf [`crate::vocab`].
-pub use crate::vocab::PinKind;
+use crate::vocab::PinKind;
 
 /// The store operation an answer calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
