@@ -28,6 +28,10 @@ pub enum DialogPath<'a> {
     V2(&'a str),
     /// `POST /oifde/rest/crs/process`.
     V1,
+    /// Another spelling of a dialog path (doubled slashes, dot segments, `;params`,
+    /// percent-encoding, letter case, a trailing `/`): refused with 400 `GW.BAD_URL`, never
+    /// forwarded as an other request (see [`is_dialog_spelling`]).
+    OtherSpelling,
     /// Anything else (token API, other OIAP APIs).
     Other,
 }
@@ -41,8 +45,110 @@ impl<'a> DialogPath<'a> {
         if path == V1_PATH {
             return DialogPath::V1;
         }
+        if is_dialog_spelling(path) {
+            return DialogPath::OtherSpelling;
+        }
         DialogPath::Other
     }
+}
+
+/// Longest path looked at for other spellings; a longer one is refused as a spelling when it
+/// mentions the dialog prefix at all (no legitimate OIAP path is that long).
+const SPELLING_MAX: usize = 2048;
+
+/// True when `path`, after the normalizations some server behind the gateway may apply, names a
+/// dialog interface: percent-decoding (repeated, as a double-decoding server would), `\` read
+/// as `/`, ASCII letter case folded, `;params` cut from each segment, empty and `.` segments
+/// dropped, `..` resolved. The gateway refuses such a path rather than forward it under rules
+/// it did not apply (docs/resilience.md, "One meaning per path").
+///
+/// Allocation-free for the common case (a path with nothing to normalize is looked at in
+/// place); at most a few buffers of the path's length otherwise.
+pub fn is_dialog_spelling(path: &str) -> bool {
+    let b = path.as_bytes();
+    let plain = b.iter().all(|&c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'/' | b'-' | b'_' | b'~')
+    }) && !path.contains("//")
+        && !path.ends_with('/');
+    if plain {
+        // Nothing to normalize: it names a dialog interface only as written, and those were
+        // classified before this is called.
+        return false;
+    }
+    if b.len() > SPELLING_MAX {
+        return ascii_contains_ignore_case(b, b"oifde");
+    }
+    let mut cur: Vec<u8> = b.to_vec();
+    for _ in 0..3 {
+        let next = percent_decode(&cur);
+        if next == cur {
+            break;
+        }
+        cur = next;
+    }
+    let norm = normalize_segments(&cur);
+    norm == V1_PATH.as_bytes()
+        || (norm.len() > V2_PREFIX.len() && norm.starts_with(V2_PREFIX.as_bytes()))
+}
+
+fn ascii_contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Decode every valid `%XX`; anything else is kept.
+fn percent_decode(b: &[u8]) -> Vec<u8> {
+    fn hex(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// `/`-joined segments, lower-cased, `\` as `/`, `;params` cut, empty and `.` segments dropped,
+/// `..` popping the one before (never above the root).
+fn normalize_segments(b: &[u8]) -> Vec<u8> {
+    let lowered: Vec<u8> = b
+        .iter()
+        .map(|&c| if c == b'\\' { b'/' } else { c.to_ascii_lowercase() })
+        .collect();
+    let mut segs: Vec<&[u8]> = Vec::new();
+    for seg in lowered.split(|&c| c == b'/') {
+        let seg = match seg.iter().position(|&c| c == b';') {
+            Some(p) => &seg[..p],
+            None => seg,
+        };
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                segs.pop();
+            }
+            s => segs.push(s),
+        }
+    }
+    let mut out = Vec::with_capacity(b.len() + 1);
+    for s in segs {
+        out.push(b'/');
+        out.extend_from_slice(s);
+    }
+    out
 }
 
 /// Parse a vdnId path segment: a decimal integer that fits in a u32 (A1). Leading `+`, signs,
@@ -165,8 +271,50 @@ mod tests {
         );
         assert_eq!(
             DialogPath::classify("/oifde/rest/crs/process/"),
-            DialogPath::Other
+            DialogPath::OtherSpelling
         );
+    }
+
+    #[test]
+    fn other_spellings_of_dialog_paths_are_recognized() {
+        for p in [
+            "//oifde/rest/v2/crs/process/101",
+            "/oifde//rest/v2/crs/process/101",
+            "/oifde/./rest/v2/crs/process/101",
+            "/oifde/x/../rest/v2/crs/process/101",
+            "/oifde/rest/v2/crs;a=b/process/101",
+            "/oifde/rest/v2/crs/%70rocess/101",
+            "/oifde/rest/v2/crs/%2570rocess/101",
+            "/OIFDE/rest/v2/crs/process/101",
+            "/oifde/rest/crs/process/",
+            "/oifde/rest/crs/process;jsessionid=1",
+            "/oifde/rest/crs/process/.",
+            "/oifde\\rest\\crs\\process",
+            "/oifde/rest/crs/process%2F",
+            "/../oifde/rest/crs/process",
+        ] {
+            assert_eq!(DialogPath::classify(p), DialogPath::OtherSpelling, "{p}");
+        }
+        for p in [
+            "/oifde/rest/api/gettoken",
+            "/oifde/rest/api//gettoken",
+            "/OIFDE/rest/api/gettoken",
+            "/",
+            "",
+            "/oifde/rest/v2/crs/process",
+            "/oifde/rest/crs/processes",
+            "/oifde/rest/crs/process/x/..%",
+            "%",
+            "/%",
+            "/%4",
+        ] {
+            assert_eq!(DialogPath::classify(p), DialogPath::Other, "{p}");
+        }
+        // Very long paths: refused when they mention the dialog prefix at all.
+        let long = format!("/{}/oifde/rest/crs/process", "a/".repeat(2000));
+        assert!(is_dialog_spelling(&long));
+        let long = format!("/{}", "a/".repeat(2000));
+        assert!(!is_dialog_spelling(&long));
     }
 
     #[test]

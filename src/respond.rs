@@ -15,6 +15,12 @@ use crate::vocab::ErrorCode;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatewayError {
     BadUrl(String),
+    /// Another spelling of a dialog path (the path, cut to 64 characters).
+    PathSpelling(String),
+    /// CONNECT: the gateway is no tunnel.
+    Connect,
+    /// An HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2).
+    BadHost(&'static str),
     BadJson(String),
     MissingUserid,
     BadUserid,
@@ -23,6 +29,8 @@ pub enum GatewayError {
     Method,
     OrphanTurn,
     BodyTooLarge(u64),
+    /// The body of an other (non-dialog) request is over `max_other_body`.
+    OtherBodyTooLarge(u64),
     /// The client's body could not be read (it went away or broke framing).
     BodyRead(String),
     Upstream(String),
@@ -57,7 +65,11 @@ impl GatewayError {
     /// (status, [`ErrorCode`]) — the §3 table.
     pub fn status_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            GatewayError::BadUrl(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadUrl),
+            GatewayError::BadUrl(_) | GatewayError::PathSpelling(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::BadUrl)
+            }
+            GatewayError::Connect => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Method),
+            GatewayError::BadHost(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             GatewayError::BadJson(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadJson),
             GatewayError::MissingUserid => (StatusCode::BAD_REQUEST, ErrorCode::MissingUserid),
             GatewayError::BadUserid => (StatusCode::BAD_REQUEST, ErrorCode::BadUserid),
@@ -65,7 +77,7 @@ impl GatewayError {
             GatewayError::BadInaction => (StatusCode::BAD_REQUEST, ErrorCode::BadInaction),
             GatewayError::Method => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Method),
             GatewayError::OrphanTurn => (StatusCode::CONFLICT, ErrorCode::OrphanTurn),
-            GatewayError::BodyTooLarge(_) => {
+            GatewayError::BodyTooLarge(_) | GatewayError::OtherBodyTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BodyTooLarge)
             }
             GatewayError::BodyRead(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadJson),
@@ -83,6 +95,11 @@ impl GatewayError {
     pub fn message(&self) -> String {
         match self {
             GatewayError::BadUrl(s) => format!("vdnId `{s}` is not a decimal integer (u32)"),
+            GatewayError::PathSpelling(p) => format!(
+                "`{p}` is another spelling of a dialog path; send it exactly as /oifde/rest/v2/crs/process/{{vdnId}} or /oifde/rest/crs/process"
+            ),
+            GatewayError::Connect => "CONNECT is not served: the gateway is no tunnel".into(),
+            GatewayError::BadHost(why) => format!("HTTP/1.1 request {why}"),
             GatewayError::BadJson(s) => format!("body is not a JSON object: {s}"),
             GatewayError::MissingUserid => "no userid in the body".into(),
             GatewayError::BadUserid => "userid must be a string of 1 to 64 characters".into(),
@@ -93,6 +110,9 @@ impl GatewayError {
                 "a later turn of a call this gateway has no pin for (orphan_turns: reject)".into()
             }
             GatewayError::BodyTooLarge(n) => format!("body is larger than max_body ({n} bytes)"),
+            GatewayError::OtherBodyTooLarge(n) => {
+                format!("body is larger than max_other_body ({n} bytes)")
+            }
             GatewayError::BodyRead(s) => format!("could not read the request body: {s}"),
             GatewayError::Upstream(s) => format!("upstream failed: {s}"),
             GatewayError::NoUpstream(s) => format!("no upstream can take the request: {s}"),
@@ -124,9 +144,18 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json;charset=UTF-8"),
         );
-        if matches!(self, GatewayError::Method) {
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        match self {
+            GatewayError::Method => {
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            GatewayError::Connect => {
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+            }
+            _ => {}
         }
         r
     }

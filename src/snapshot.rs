@@ -27,6 +27,16 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// `None`: derived at start from the file-descriptor limit ([`crate::fdlimit`]).
     pub max_connections: Option<u32>,
+    /// 0 = unbounded; over it a connection is closed at accept (`reason="per_ip"`).
+    pub max_connections_per_ip: u32,
+    /// A connection with no request in flight for this long is closed (HTTP/1 and HTTP/2).
+    pub idle_timeout: Duration,
+    /// Zero = none; older connections are closed gracefully (GOAWAY / `Connection: close`).
+    pub max_connection_age: Duration,
+    /// A response the client does not take for this long: the connection is closed.
+    pub send_timeout: Duration,
+    /// Bodies of other (non-dialog) requests; larger: 413.
+    pub max_other_body: u64,
 }
 
 impl Default for Limits {
@@ -36,6 +46,11 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: None,
+            max_connections_per_ip: 0,
+            idle_timeout: Duration::from_secs(60),
+            max_connection_age: Duration::ZERO,
+            send_timeout: Duration::from_secs(60),
+            max_other_body: 1024 * 1024,
         }
     }
 }

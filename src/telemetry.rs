@@ -277,7 +277,13 @@ pub fn init(json: Option<bool>) -> Option<LogGuard> {
     } else {
         tracing_subscriber::registry()
             .with(filter)
-            .with(fmt::layer().with_writer(sink.clone()))
+            // Colour only on a terminal: escape codes in a file or a pipe are noise (and a
+            // reader's terminal would run them).
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(sink.clone()),
+            )
             .try_init()
     };
     match result {
@@ -308,19 +314,24 @@ pub fn access_log(rec: &TurnRecord) {
         });
         return;
     }
-    let userid = rec.userid.as_deref().map(Masked);
+    // The text line: every value a client chose goes through `Text`, so it cannot split the
+    // line, forge a field or reach the terminal as an escape sequence.
+    let userid = rec
+        .userid
+        .as_deref()
+        .map(|u| compact_str::format_compact!("{}", Masked(u)));
     tracing::info!(
         target: "graygate::access",
-        request_id = %rec.request_id,
-        method = %rec.method,
-        path = %rec.path,
+        request_id = %Text(&rec.request_id),
+        method = %Text(rec.method.as_str()),
+        path = %Text(&rec.path),
         client = rec.client.map(tracing::field::display),
         vdn = rec.vdn,
-        userid = userid.map(tracing::field::display),
+        userid = userid.as_deref().map(|u| tracing::field::display(Text(u))),
         inaction = rec.inaction.map(|i| i.0),
-        rule = rec.rule.as_deref(),
-        cluster = rec.cluster.as_deref(),
-        endpoint = rec.endpoint.as_deref(),
+        rule = rec.rule.as_deref().map(|r| tracing::field::display(Text(r))),
+        cluster = rec.cluster.as_deref().map(|c| tracing::field::display(Text(c))),
+        endpoint = rec.endpoint.as_deref().map(|e| tracing::field::display(Text(e))),
         pin = rec.pin,
         status = rec.status,
         outaction = rec.outaction.map(|o| o.0),
@@ -330,6 +341,41 @@ pub fn access_log(rec: &TurnRecord) {
         upstream_us = rec.upstream.map(|d| d.as_micros() as u64),
         "turn"
     );
+}
+
+/// A value for a text log line: control characters (C0, DEL, C1) escaped as `\n`, `\r`, `\t`
+/// or `\u{..}`, and the whole value in double quotes (with `"` and `\` escaped) when it is
+/// empty or holds a space, `"`, `=` or `\`, so one value can never look like two fields.
+pub struct Text<'a>(pub &'a str);
+
+impl std::fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let v = self.0;
+        let quote = v.is_empty() || v.contains([' ', '"', '=', '\\']);
+        let plain = !quote && !v.chars().any(char::is_control);
+        if plain {
+            return f.write_str(v);
+        }
+        if quote {
+            f.write_char('"')?;
+        }
+        for c in v.chars() {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                '"' if quote => f.write_str("\\\"")?,
+                '\\' if quote => f.write_str("\\\\")?,
+                c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        if quote {
+            f.write_char('"')?;
+        }
+        Ok(())
+    }
 }
 
 thread_local! {
@@ -503,6 +549,17 @@ mod tests {
         s.clear();
         push_timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day
         assert_eq!(s, "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn text_values_cannot_split_lines_or_forge_fields() {
+        assert_eq!(Text("abc-1").to_string(), "abc-1");
+        assert_eq!(Text("a\nb").to_string(), "a\\nb");
+        assert_eq!(Text("\u{1b}[31mred").to_string(), "\\u{1b}[31mred");
+        assert_eq!(Text("x status=200").to_string(), "\"x status=200\"");
+        assert_eq!(Text("q\"\\").to_string(), "\"q\\\"\\\\\"");
+        assert_eq!(Text("").to_string(), "\"\"");
+        assert_eq!(Text("\u{85}é").to_string(), "\\u{85}é");
     }
 
     #[test]

@@ -66,11 +66,13 @@ pub enum ErrorCode {
     UpstreamTimeout,
     /// The gateway's own shortage (descriptors): never blamed on an upstream.
     LocalResources,
+    /// A request a careful proxy refuses outright (no `Host` or two on HTTP/1.1).
+    BadRequest,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the §3 table.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadUrl,
         ErrorCode::BadJson,
         ErrorCode::MissingUserid,
@@ -84,6 +86,7 @@ impl ErrorCode {
         ErrorCode::NoUpstream,
         ErrorCode::UpstreamTimeout,
         ErrorCode::LocalResources,
+        ErrorCode::BadRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::NoUpstream => "GW.NO_UPSTREAM",
             ErrorCode::UpstreamTimeout => "GW.UPSTREAM_TIMEOUT",
             ErrorCode::LocalResources => "GW.LOCAL_RESOURCES",
+            ErrorCode::BadRequest => "GW.BAD_REQUEST",
         }
     }
 }

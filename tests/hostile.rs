@@ -391,3 +391,226 @@ async fn slow_second_request_on_a_kept_alive_connection_is_cut() {
     );
     assert_eq!(up.count(), 1);
 }
+
+// === Issue 19: hostile clients ===
+
+/// A raw HTTP/1.1 request with a body.
+fn raw_request(method: &str, path: &str, extra: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Point 5: other spellings of a dialog path are refused with 400 GW.BAD_URL and reach no
+/// upstream, so a call pinned to the canary never has a turn on stable; the right spelling
+/// keeps being served on the canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_spellings_of_dialog_paths_are_refused() {
+    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let yaml = two_clusters(
+        &stable,
+        &canary,
+        "rules:\n  - name: c\n    vdn: [101]\n    cluster: canary\ndefault: stable\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = Client::new();
+    let first = c.turn(&gw, Some(101), "spell-1", 8, None).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.upstream(), Some("canary"));
+    let limit = Duration::from_secs(5);
+    let body = turn_body("spell-1", 9, None);
+    for path in [
+        "//oifde/rest/v2/crs/process/101",
+        "/oifde//rest/v2/crs/process/101",
+        "/oifde/./rest/v2/crs/process/101",
+        "/oifde/rest/x/../v2/crs/process/101",
+        "/oifde/rest/v2/crs/process;a=b/101",
+        "/oifde/rest/v2/crs/%70rocess/101",
+        "/OIFDE/rest/v2/crs/process/101",
+        "/oifde/rest/crs/process/",
+        "/oifde/rest/crs/Process",
+        "/oifde/rest/crs/process%3bx",
+    ] {
+        let (ans, _) = exchange(
+            gw.dialog,
+            raw_request("POST", path, "", &body).as_bytes(),
+            limit,
+        )
+        .await;
+        assert_eq!(status_of(&ans), Some(400), "{path}: {ans}");
+        assert!(ans.contains("GW.BAD_URL"), "{path}: {ans}");
+        // The same for other methods.
+        let (ans, _) = exchange(
+            gw.dialog,
+            format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").as_bytes(),
+            limit,
+        )
+        .await;
+        assert_eq!(status_of(&ans), Some(400), "GET {path}: {ans}");
+    }
+    assert_eq!(stable.count(), 0, "a spelling reached stable");
+    assert_eq!(canary.count(), 1, "a spelling reached the canary");
+    assert!(
+        gw.metric(
+            "graygate_gateway_errors_total",
+            &[("code", "GW.BAD_URL")]
+        )
+        .await
+            >= 20.0
+    );
+    // Other paths with odd spellings are still forwarded (they are no dialog path).
+    let (ans, _) = exchange(
+        gw.dialog,
+        b"GET /oifde/rest/api//gettoken HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        limit,
+    )
+    .await;
+    assert_eq!(status_of(&ans), Some(200), "{ans}");
+    assert_eq!(stable.count(), 1);
+    // The call goes on, on its cluster.
+    let next = c.turn(&gw, Some(101), "spell-1", 9, None).await;
+    assert_eq!((next.status.as_u16(), next.upstream()), (200, Some("canary")));
+    traffic_ok(&gw, "after-spellings", 10, limit).await;
+}
+
+/// Point 7: CONNECT 405, Host missing or doubled 400, max_other_body 413 (declared and
+/// streamed), none of them reaching an upstream as a request it would serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_hosts_and_other_body_limit() {
+    let (gw, up) = gateway("limits: { max_other_body: 1KiB }\n").await;
+    let limit = Duration::from_secs(5);
+    let (ans, _) = exchange(
+        gw.dialog,
+        b"CONNECT upstream.example:443 HTTP/1.1\r\nHost: upstream.example:443\r\nConnection: close\r\n\r\n",
+        limit,
+    )
+    .await;
+    assert_eq!(status_of(&ans), Some(405), "{ans}");
+    assert!(ans.contains("GW.METHOD"), "{ans}");
+    assert!(ans.to_ascii_lowercase().contains("\r\nallow: "), "{ans}");
+
+    let body = turn_body("host-1", 8, None);
+    let no_host = format!(
+        "POST /oifde/rest/v2/crs/process/1 HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (ans, _) = exchange(gw.dialog, no_host.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(400), "{ans}");
+    assert!(ans.contains("GW.BAD_REQUEST"), "{ans}");
+    let two_hosts = raw_request(
+        "POST",
+        "/oifde/rest/v2/crs/process/1",
+        "Host: other\r\n",
+        &body,
+    );
+    let (ans, _) = exchange(gw.dialog, two_hosts.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(400), "{ans}");
+    // HTTP/1.0 may leave Host out.
+    let old = format!(
+        "POST /oifde/rest/v2/crs/process/1 HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (ans, _) = exchange(gw.dialog, old.as_bytes(), limit).await;
+    assert!(ans.starts_with("HTTP/1.") && ans.contains(" 200 "), "{ans}");
+    assert_eq!(up.count(), 1, "only the HTTP/1.0 turn is forwarded");
+
+    // max_other_body: declared over it — 413 at once, nothing forwarded.
+    let big = "x".repeat(2000);
+    let raw = raw_request("POST", "/oifde/rest/api/gettoken", "", &big);
+    let (ans, _) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(413), "{ans}");
+    assert!(ans.contains("max_other_body"), "{ans}");
+    assert_eq!(up.count(), 1);
+    // Chunked, outgrowing it on the way: 413 (the upstream request is aborted, never complete).
+    let chunks: String = (0..8).map(|_| format!("200\r\n{}\r\n", "y".repeat(512))).collect();
+    let raw = format!(
+        "POST /oifde/rest/api/gettoken HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}0\r\n\r\n"
+    );
+    let (ans, _) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(413), "{ans}");
+    // Under the limit: forwarded.
+    let raw = raw_request("POST", "/oifde/rest/api/gettoken", "", &"z".repeat(900));
+    let (ans, _) = exchange(gw.dialog, raw.as_bytes(), limit).await;
+    assert_eq!(status_of(&ans), Some(200), "{ans}");
+    // The upstream got the small body whole, and never more than 1 KiB of the large one (the
+    // stand-in records an aborted body as empty).
+    let bodies: Vec<usize> = up.seen.lock().unwrap().iter().map(|s| s.body.len()).collect();
+    assert!(bodies.contains(&900), "{bodies:?}");
+    assert!(bodies.iter().all(|&n| n <= 1024), "{bodies:?}");
+    traffic_ok(&gw, "after-limits", 10, limit).await;
+}
+
+/// Point 7: `x-forwarded-proto` is the gateway's own, and `Expect` stops at the gateway (it
+/// answered the 100 itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_proto_is_overwritten_and_expect_stops_here() {
+    let (gw, up) = gateway("").await;
+    let body = turn_body("xfp-1", 8, None);
+    let head = format!(
+        "{V2}X-Forwarded-Proto: https\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(gw.dialog).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("no 100 Continue")
+        .unwrap();
+    let cont = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(cont.starts_with("HTTP/1.1 100"), "{cont}");
+    s.write_all(body.as_bytes()).await.unwrap();
+    let ans = read_answer(&mut s).await.expect("answer");
+    assert!(ans.contains(" 200 "), "{ans}");
+    let seen = up.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.headers.get("x-forwarded-proto").unwrap(), "http");
+    assert!(seen.headers.get("expect").is_none(), "{:?}", seen.headers);
+    assert_eq!(seen.body, body.as_bytes());
+}
+
+/// Point 6: in text logs, a userid with a newline and an escape sequence, and a request id
+/// with spaces, stay inside one access line as escaped, quoted values; no colour codes are
+/// written to a log that is not a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_log_lines_cannot_be_split_or_forged() {
+    let up = Upstream::start("stable").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, a) = (free_port(), free_port());
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:{d}\nadmin: 127.0.0.1:{a}\nclusters:\n  stable:\n    endpoints: [{}]\ndefault: stable\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let p = Process::spawn_logging(dir, path, d, a, "text").await;
+    let userid = "a\nb\u{1b}[2Jforged status=200 x";
+    let body = turn_body(userid, 8, None);
+    let raw = format!(
+        "{V2}X-Request-Id: rid-1 status=999 cluster=evil\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (ans, _) = exchange(p.dialog, raw.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&ans), Some(200), "{ans}");
+    let ok = eventually(Duration::from_secs(5), || async {
+        p.logs().contains("rid-1")
+    })
+    .await;
+    let logs = p.logs();
+    assert!(ok, "no access line: {logs}");
+    assert!(!logs.contains('\u{1b}'), "raw ESC in the log: {logs:?}");
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("rid-1")).collect();
+    assert_eq!(lines.len(), 1, "{logs}");
+    let line = lines[0];
+    assert!(
+        line.contains("request_id=\"rid-1 status=999 cluster=evil\""),
+        "{line}"
+    );
+    assert!(line.contains("userid=\"a\\nb\\u{1b}*** x\""), "{line}");
+    assert!(line.contains(" status=200"), "{line}");
+    // No line of the log starts with what followed the newline.
+    assert!(!logs.lines().any(|l| l.starts_with('b')), "{logs}");
+}

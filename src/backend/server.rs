@@ -106,7 +106,7 @@ impl Backend {
         let path = req.uri().path().to_string();
         let kind = DialogPath::classify(&path);
         let is_token = path == TOKEN_PATH;
-        if matches!(kind, DialogPath::Other) && !is_token {
+        if matches!(kind, DialogPath::Other | DialogPath::OtherSpelling) && !is_token {
             return error(
                 &self.instance,
                 "",

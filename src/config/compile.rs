@@ -425,6 +425,38 @@ fn compile_limits(ctx: &mut Ctx, l: Option<&raw::RawLimits>) -> Limits {
             d.request_timeout,
         ),
         max_connections,
+        max_connections_per_ip: ctx
+            .get(
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip.as_ref(),
+            )
+            .unwrap_or(d.max_connections_per_ip),
+        idle_timeout: positive(
+            ctx,
+            "limits.idle_timeout",
+            l.idle_timeout.as_ref(),
+            d.idle_timeout,
+        ),
+        max_connection_age: ctx
+            .get("limits.max_connection_age", l.max_connection_age.as_ref())
+            .map_or(d.max_connection_age, |x| x.0),
+        send_timeout: positive(
+            ctx,
+            "limits.send_timeout",
+            l.send_timeout.as_ref(),
+            d.send_timeout,
+        ),
+        max_other_body: match ctx
+            .get("limits.max_other_body", l.max_other_body.as_ref())
+            .map(|b| b.0)
+        {
+            Some(0) => {
+                ctx.err("limits.max_other_body", "must be more than 0 bytes");
+                d.max_other_body
+            }
+            Some(n) => n,
+            None => d.max_other_body,
+        },
     }
 }
 

@@ -68,6 +68,20 @@ pub struct RawLimits {
     #[schemars(with = "Option<String>")]
     pub request_timeout: Option<Checked<HumanDuration>>,
     pub max_connections: Option<Checked<u32>>,
+    /// 0 = unbounded; over it a connection is closed at accept. Default 0.
+    pub max_connections_per_ip: Option<Checked<u32>>,
+    /// An HTTP/1 keep-alive or HTTP/2 connection with no request in flight is closed. Default 60s.
+    #[schemars(with = "Option<String>")]
+    pub idle_timeout: Option<Checked<HumanDuration>>,
+    /// 0s = none; older connections are closed gracefully. Default 0s.
+    #[schemars(with = "Option<String>")]
+    pub max_connection_age: Option<Checked<HumanDuration>>,
+    /// A response the client does not read for this long: connection closed. Default 60s.
+    #[schemars(with = "Option<String>")]
+    pub send_timeout: Option<Checked<HumanDuration>>,
+    /// Bodies of non-dialog requests; larger: 413. Default 1MiB.
+    #[schemars(with = "Option<SizeSchema>")]
+    pub max_other_body: Option<Checked<ByteSize>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -295,8 +295,13 @@ fn restart_keys(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.listen_proxy_protocol != new.listen_proxy_protocol {
         v.push("listen_proxy_protocol".to_string());
     }
-    if old.limits.max_connections != new.limits.max_connections
-        || old.limits.header_read_timeout != new.limits.header_read_timeout
+    let (o, n) = (&old.limits, &new.limits);
+    if o.max_connections != n.max_connections
+        || o.header_read_timeout != n.header_read_timeout
+        || o.max_connections_per_ip != n.max_connections_per_ip
+        || o.idle_timeout != n.idle_timeout
+        || o.max_connection_age != n.max_connection_age
+        || o.send_timeout != n.send_timeout
     {
         v.push("limits (connection-level)".to_string());
     }

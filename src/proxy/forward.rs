@@ -10,12 +10,11 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::turn::Attempt;
 use super::Peer;
-use crate::upstream::client::{ReqBody, UpstreamError};
+use crate::upstream::client::{Capped, ReqBody, UpstreamError};
 use crate::upstream::conn::{self, UpstreamBody};
 use crate::upstream::pool::PoolState;
 use crate::upstream::Endpoint;
@@ -23,13 +22,16 @@ use crate::upstream::Endpoint;
 pub enum OutBody {
     /// The probed dialog body: can be sent again if the first endpoint was never reached.
     Full(Bytes),
-    /// A streamed body: sent once.
-    Stream(Incoming),
+    /// A streamed body: sent once, failing past its cap.
+    Stream(Capped),
 }
 
 /// Hop-by-hop headers are about one connection and never forwarded (RFC 9110 §7.6.1).
+/// `Expect` too: the gateway itself answers `100 Continue` (hyper does, when the body is
+/// read), so the upstream gets the whole body at once and must not be asked again.
 const HOP_BY_HOP: &[header::HeaderName] = &[
     header::CONNECTION,
+    header::EXPECT,
     header::TE,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
@@ -69,12 +71,12 @@ fn upstream_headers(src: &HeaderMap, peer: Peer, request_id: &str) -> HeaderMap 
     if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
     }
-    if !src.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(
-            X_FORWARDED_PROTO,
-            HeaderValue::from_static(if peer.https { "https" } else { "http" }),
-        );
-    }
+    // Always the gateway's own view: a client's value is never passed on (it would let any
+    // client claim https to the upstream).
+    h.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if peer.https { "https" } else { "http" }),
+    );
     if !src.contains_key(&X_REQUEST_ID) {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert(X_REQUEST_ID, v);

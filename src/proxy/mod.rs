@@ -34,6 +34,7 @@ use crate::probe::{self, Dialog};
 use crate::protocol::{parse_vdn, DialogPath};
 use crate::respond::{GatewayError, DECISION_HEADER};
 use crate::snapshot::Live;
+use crate::upstream::client::Capped;
 use crate::upstream::{ClusterPool, Upstreams};
 use forward::{HyperAttempt, OutBody};
 
@@ -111,15 +112,9 @@ impl Proxy {
             .get(&forward::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok());
         let mut t = TurnCtx::begin(self, peer, req.method().clone(), req.uri().path(), theirs);
-        let mut resp = match DialogPath::classify(req.uri().path()) {
-            DialogPath::Other => other(&mut t, req).await,
-            DialogPath::V2(seg) => match parse_vdn(seg) {
-                _ if req.method() != Method::POST => Err(GatewayError::Method),
-                Some(vdn) => dialog(&mut t, req, Dialog::V2(vdn)).await,
-                None => Err(GatewayError::BadUrl(seg.chars().take(64).collect())),
-            },
-            DialogPath::V1 if req.method() != Method::POST => Err(GatewayError::Method),
-            DialogPath::V1 => dialog(&mut t, req, Dialog::V1).await,
+        let mut resp = match crate::admission::check(req.method(), req.version(), req.headers()) {
+            Err(e) => Err(e),
+            Ok(()) => route(&mut t, req).await,
         }
         .unwrap_or_else(|e| {
             let mut r = t.fail(e).response(t.rec.userid.as_deref());
@@ -143,17 +138,48 @@ impl Proxy {
     }
 }
 
-/// Any request that is not a dialog turn: forwarded unchanged to the default cluster.
+/// Send an admitted request the way its path says.
+async fn route(
+    t: &mut TurnCtx<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    match DialogPath::classify(req.uri().path()) {
+        DialogPath::Other => other(t, req).await,
+        DialogPath::OtherSpelling => Err(GatewayError::PathSpelling(
+            req.uri().path().chars().take(64).collect(),
+        )),
+        DialogPath::V2(seg) => match parse_vdn(seg) {
+            _ if req.method() != Method::POST => Err(GatewayError::Method),
+            Some(vdn) => dialog(t, req, Dialog::V2(vdn)).await,
+            None => Err(GatewayError::BadUrl(seg.chars().take(64).collect())),
+        },
+        DialogPath::V1 if req.method() != Method::POST => Err(GatewayError::Method),
+        DialogPath::V1 => dialog(t, req, Dialog::V1).await,
+    }
+}
+
+/// Any request that is not a dialog turn: forwarded unchanged to the default cluster, its body
+/// within `max_other_body` (a declared larger one refused before anything is sent, a streamed
+/// one cut off as it passes the cap).
 async fn other(
     t: &mut TurnCtx<'_>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     t.locate_other()?;
     let (parts, body) = req.into_parts();
+    let cap = t.gen.limits.max_other_body;
+    if content_length(&parts.headers).is_some_and(|n| n > cap) {
+        return Err(GatewayError::OtherBodyTooLarge(cap));
+    }
+    let (body, over) = Capped::new(body, cap);
     let request_id = t.rec.request_id.clone();
     let mut attempt = HyperAttempt::new(&parts, OutBody::Stream(body), t.peer, &request_id);
-    let answer = t.forward(&mut attempt).await?;
-    Ok(answer.map(GatewayBody::Stream))
+    match t.forward(&mut attempt).await {
+        Ok(answer) => Ok(answer.map(GatewayBody::Stream)),
+        // The body outgrew the cap on its way: the upstream request was aborted.
+        Err(_) if over.load(Ordering::Relaxed) => Err(GatewayError::OtherBodyTooLarge(cap)),
+        Err(e) => Err(e),
+    }
 }
 
 /// A dialog turn through the general engine: the body read within `request_timeout`, then the
@@ -165,11 +191,7 @@ async fn dialog(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     t.rec.vdn = dialog.vdn();
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok());
+    let declared = content_length(&parts.headers);
     let bytes: Bytes = match tokio::time::timeout_at(
         t.deadline,
         probe::read_body(body, declared, t.gen.limits.max_body),
@@ -224,6 +246,13 @@ async fn dialog(
         resp.headers_mut().insert(DECISION_HEADER, v);
     }
     Ok(resp)
+}
+
+/// A request's declared `Content-Length`, when it has one that parses.
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! tried again (spec §10).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,31 +24,74 @@ use super::ClusterSpec;
 /// The body of a request to an upstream: the probed dialog body, or a streamed other request.
 pub enum ReqBody {
     Full(Full<Bytes>),
-    Stream(Incoming),
+    Stream(Capped),
 }
+
+/// A streamed client body with a size cap (`limits.max_other_body`): past the cap it fails,
+/// so the upstream request is aborted instead of being cut short as if complete, and `over`
+/// tells the gateway to answer 413 rather than blame the upstream.
+pub struct Capped {
+    body: Incoming,
+    left: u64,
+    over: Arc<AtomicBool>,
+}
+
+impl Capped {
+    pub fn new(body: Incoming, cap: u64) -> (Self, Arc<AtomicBool>) {
+        let over = Arc::new(AtomicBool::new(false));
+        (
+            Capped {
+                body,
+                left: cap,
+                over: over.clone(),
+            },
+            over,
+        )
+    }
+}
+
+/// The error a [`Capped`] body fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is over max_other_body")]
+pub struct OverCap;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for ReqBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ReqBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-            ReqBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Stream(c) => match Pin::new(&mut c.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                    if n > c.left {
+                        c.over.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(OverCap))));
+                    }
+                    c.left -= n;
+                    Poll::Ready(Some(Ok(f)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Full(b) => b.is_end_stream(),
-            ReqBody::Stream(b) => b.is_end_stream(),
+            ReqBody::Stream(c) => c.body.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Full(b) => b.size_hint(),
-            ReqBody::Stream(b) => b.size_hint(),
+            ReqBody::Stream(c) => c.body.size_hint(),
         }
     }
 }

@@ -502,6 +502,17 @@ impl Process {
         Self::spawn_custom(dir, path, d, a, &[], |_| {}).await
     }
 
+    /// `spawn` with `--log-format <format>` (`json` or `text`).
+    pub async fn spawn_logging(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        d: u16,
+        a: u16,
+        format: &str,
+    ) -> Process {
+        Self::spawn_full(dir, path, d, a, &[], format, |_| {}).await
+    }
+
     /// [`spawn`](Self::spawn) under a wrapper command (e.g. `["prlimit", "--nofile=256:256"]`),
     /// with a last say on the command (stdio, environment) before it runs.
     pub async fn spawn_custom(
@@ -510,6 +521,18 @@ impl Process {
         d: u16,
         a: u16,
         wrapper: &[&str],
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> Process {
+        Self::spawn_full(dir, path, d, a, wrapper, "json", configure).await
+    }
+
+    async fn spawn_full(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        d: u16,
+        a: u16,
+        wrapper: &[&str],
+        format: &str,
         configure: impl FnOnce(&mut std::process::Command),
     ) -> Process {
         let log = dir.path().join(format!("gateway-{d}.log"));
@@ -524,7 +547,7 @@ impl Process {
         };
         cmd.args(["serve", "-c"])
             .arg(&path)
-            .args(["--log-format", "json"])
+            .args(["--log-format", format])
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         configure(&mut cmd);
