@@ -17,7 +17,9 @@ pub fn check(method: &Method, version: Version, headers: &HeaderMap) -> Result<(
         match (hosts.next(), hosts.next()) {
             (Some(_), None) => {}
             (None, _) => return Err(GatewayError::BadHost("without a Host header")),
-            (Some(_), Some(_)) => return Err(GatewayError::BadHost("with more than one Host header")),
+            (Some(_), Some(_)) => {
+                return Err(GatewayError::BadHost("with more than one Host header"))
+            }
         }
     }
     Ok(())
@@ -31,7 +33,10 @@ mod tests {
     fn hosts(n: usize) -> HeaderMap {
         let mut h = HeaderMap::new();
         for i in 0..n {
-            h.append(header::HOST, HeaderValue::from_str(&format!("h{i}")).unwrap());
+            h.append(
+                header::HOST,
+                HeaderValue::from_str(&format!("h{i}")).unwrap(),
+            );
         }
         h
     }

@@ -16,6 +16,7 @@ use crate::admin::Admin;
 use crate::config::reload::Reloader;
 use crate::history::{History, HistoryKind};
 use crate::lifecycle::{Readiness, Shutdown};
+use crate::listener::guard::ConnLimits;
 use crate::listener::{self, tls::TlsAcceptor, ListenOptions};
 use crate::located::LocatedErrors;
 use crate::metrics::Metrics;
@@ -74,6 +75,16 @@ fn start_event(snap: &crate::snapshot::Snapshot) -> serde_json::Value {
         },
     })
 }
+
+/// The admin listener's own bounds (docs/resilience.md): probes and scrapers make short
+/// requests, so its connections are cut early, and at its cap (`connection_caps`) the
+/// longest-idle one is closed to let a new one in.
+pub const ADMIN_LIMITS: ConnLimits = ConnLimits {
+    header_read_timeout: Duration::from_secs(5),
+    idle_timeout: Duration::from_secs(10),
+    max_connection_age: Duration::ZERO,
+    send_timeout: Duration::from_secs(10),
+};
 
 /// Options that are not in the config file.
 #[derive(Debug, Clone)]
@@ -248,11 +259,19 @@ impl App {
         let dialog_addr: Option<SocketAddr> = dialog.local_addr().ok();
         let admin_addr: Option<SocketAddr> = admin.local_addr().ok();
         let caps = connection_caps(&snap);
+        let l = &snap.limits;
         let dialog_opts = ListenOptions {
             name: "dialog",
             max_connections: caps.dialog as usize,
             reserve_fds: 0,
-            header_read_timeout: snap.limits.header_read_timeout,
+            max_connections_per_ip: l.max_connections_per_ip as usize,
+            limits: ConnLimits {
+                header_read_timeout: l.header_read_timeout,
+                idle_timeout: l.idle_timeout,
+                max_connection_age: l.max_connection_age,
+                send_timeout: l.send_timeout,
+            },
+            evict_idle_at_cap: false,
             grace,
             tls: self.tls.clone(),
             proxy_protocol: snap.listen_proxy_protocol,
@@ -263,7 +282,9 @@ impl App {
             // Spare descriptors the admin listener gives up to accept a probe or a scrape when
             // the process is out of them: /healthz and /metrics stay answerable.
             reserve_fds: 4,
-            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 0,
+            limits: ADMIN_LIMITS,
+            evict_idle_at_cap: true,
             grace,
             tls: None,
             proxy_protocol: false,

@@ -127,7 +127,13 @@ fn percent_decode(b: &[u8]) -> Vec<u8> {
 fn normalize_segments(b: &[u8]) -> Vec<u8> {
     let lowered: Vec<u8> = b
         .iter()
-        .map(|&c| if c == b'\\' { b'/' } else { c.to_ascii_lowercase() })
+        .map(|&c| {
+            if c == b'\\' {
+                b'/'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect();
     let mut segs: Vec<&[u8]> = Vec::new();
     for seg in lowered.split(|&c| c == b'/') {

@@ -407,7 +407,10 @@ fn raw_request(method: &str, path: &str, extra: &str, body: &str) -> String {
 /// keeps being served on the canary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_spellings_of_dialog_paths_are_refused() {
-    let (stable, canary) = (Upstream::start("stable").await, Upstream::start("canary").await);
+    let (stable, canary) = (
+        Upstream::start("stable").await,
+        Upstream::start("canary").await,
+    );
     let yaml = two_clusters(
         &stable,
         &canary,
@@ -452,11 +455,8 @@ async fn other_spellings_of_dialog_paths_are_refused() {
     assert_eq!(stable.count(), 0, "a spelling reached stable");
     assert_eq!(canary.count(), 1, "a spelling reached the canary");
     assert!(
-        gw.metric(
-            "graygate_gateway_errors_total",
-            &[("code", "GW.BAD_URL")]
-        )
-        .await
+        gw.metric("graygate_gateway_errors_total", &[("code", "GW.BAD_URL")])
+            .await
             >= 20.0
     );
     // Other paths with odd spellings are still forwarded (they are no dialog path).
@@ -470,7 +470,10 @@ async fn other_spellings_of_dialog_paths_are_refused() {
     assert_eq!(stable.count(), 1);
     // The call goes on, on its cluster.
     let next = c.turn(&gw, Some(101), "spell-1", 9, None).await;
-    assert_eq!((next.status.as_u16(), next.upstream()), (200, Some("canary")));
+    assert_eq!(
+        (next.status.as_u16(), next.upstream()),
+        (200, Some("canary"))
+    );
     traffic_ok(&gw, "after-spellings", 10, limit).await;
 }
 
@@ -523,7 +526,9 @@ async fn connect_hosts_and_other_body_limit() {
     assert!(ans.contains("max_other_body"), "{ans}");
     assert_eq!(up.count(), 1);
     // Chunked, outgrowing it on the way: 413 (the upstream request is aborted, never complete).
-    let chunks: String = (0..8).map(|_| format!("200\r\n{}\r\n", "y".repeat(512))).collect();
+    let chunks: String = (0..8)
+        .map(|_| format!("200\r\n{}\r\n", "y".repeat(512)))
+        .collect();
     let raw = format!(
         "POST /oifde/rest/api/gettoken HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}0\r\n\r\n"
     );
@@ -535,7 +540,13 @@ async fn connect_hosts_and_other_body_limit() {
     assert_eq!(status_of(&ans), Some(200), "{ans}");
     // The upstream got the small body whole, and never more than 1 KiB of the large one (the
     // stand-in records an aborted body as empty).
-    let bodies: Vec<usize> = up.seen.lock().unwrap().iter().map(|s| s.body.len()).collect();
+    let bodies: Vec<usize> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.body.len())
+        .collect();
     assert!(bodies.contains(&900), "{bodies:?}");
     assert!(bodies.iter().all(|&n| n <= 1024), "{bodies:?}");
     traffic_ok(&gw, "after-limits", 10, limit).await;
@@ -613,4 +624,313 @@ async fn text_log_lines_cannot_be_split_or_forged() {
     assert!(line.contains(" status=200"), "{line}");
     // No line of the log starts with what followed the newline.
     assert!(!logs.lines().any(|l| l.starts_with('b')), "{logs}");
+}
+
+/// An h2c (prior knowledge) connection to `addr` that answers PINGs and pings every 100ms
+/// itself: the shape of point 1. Returns the request sender and the connection task (which
+/// ends when the gateway closes the connection).
+async fn h2c(
+    addr: std::net::SocketAddr,
+    window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let mut b = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .keep_alive_timeout(Duration::from_secs(5));
+    if let Some(w) = window {
+        b.initial_stream_window_size(w)
+            .initial_connection_window_size(w.max(65_535));
+    }
+    let (tx, conn) = b.handshake(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+    (tx, tokio::spawn(conn))
+}
+
+fn h2_get(path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .uri(format!("http://gw{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// Point 1: one idle timeout for HTTP/1 keep-alive and HTTP/2 (an h2c connection that only
+/// exchanges PINGs after its request is closed), counted as `idle`; a normal client is served
+/// alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http1_and_http2_connections_are_closed() {
+    let (gw, _up) = gateway("limits: { idle_timeout: 600ms, header_read_timeout: 5s }\n").await;
+    // HTTP/1.1 keep-alive: one turn, then nothing.
+    let body = turn_body("idle-1", 8, None);
+    let mut s = TcpStream::connect(gw.dialog).await.unwrap();
+    s.write_all(format!("{V2}Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+        .await
+        .unwrap();
+    assert!(read_answer(&mut s).await.unwrap().contains(" 200 "));
+    // Several h2c connections: one request each, then only PINGs.
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        let (mut tx, conn) = h2c(gw.dialog, None).await;
+        let a = tx.send_request(h2_get("/other")).await.unwrap();
+        assert_eq!(a.status(), 200);
+        conns.push((tx, conn));
+    }
+    let t = Instant::now();
+    // A normal client meanwhile.
+    traffic_ok(&gw, "beside-idle", 10, Duration::from_secs(5)).await;
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "the idle HTTP/1 connection was not closed");
+    for (_tx, conn) in conns {
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        assert!(
+            ended.is_ok(),
+            "an idle h2c connection answering PINGs was not closed"
+        );
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let idle = gw
+        .metric("graygate_rejected_connections_total", &[("reason", "idle")])
+        .await;
+    assert!(idle >= 6.0, "idle counted {idle}");
+    traffic_ok(&gw, "after-idle", 5, Duration::from_secs(5)).await;
+}
+
+/// Point 1: `max_connection_age` closes a busy connection gracefully: HTTP/1 answers end with
+/// `Connection: close`, an h2 connection gets GOAWAY; no request is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_connections_are_closed_gracefully() {
+    let (gw, _up) = gateway("limits: { max_connection_age: 700ms }\n").await;
+    let mut s = TcpStream::connect(gw.dialog).await.unwrap();
+    let t = Instant::now();
+    let mut answered = 0;
+    let mut told_close = false;
+    while t.elapsed() < Duration::from_secs(5) {
+        let body = turn_body(&format!("age-{answered}"), 8, None);
+        if s.write_all(format!("{V2}Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+            .await
+            .is_err()
+        {
+            break;
+        }
+        match read_answer(&mut s).await {
+            Some(a) => {
+                assert!(a.contains(" 200 "), "{a}");
+                answered += 1;
+                if a.to_ascii_lowercase().contains("connection: close") {
+                    told_close = true;
+                    break;
+                }
+            }
+            None => break,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // hyper closes a connection that is between requests at once, and tells one with a
+    // request in flight `Connection: close` on its answer: either way every answer is whole.
+    let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(closed, "the old connection was not closed");
+    assert!(rest.is_empty() || told_close, "{rest}");
+    assert!(answered >= 3, "{answered}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "closed before max_connection_age"
+    );
+    // h2c: requests keep working until GOAWAY, then the connection ends without error.
+    let (mut tx, conn) = h2c(gw.dialog, None).await;
+    let t = Instant::now();
+    let mut ok = 0;
+    while t.elapsed() < Duration::from_secs(5) {
+        if tx.ready().await.is_err() {
+            break;
+        }
+        match tx.send_request(h2_get("/other")).await {
+            Ok(a) => {
+                assert_eq!(a.status(), 200);
+                ok += 1;
+            }
+            Err(e) => {
+                // A request racing the GOAWAY is refused, never half-served.
+                assert!(
+                    e.is_canceled()
+                        || e.is_closed()
+                        || e.to_string().contains("refused")
+                        || e.to_string().contains("GOAWAY")
+                        || e.to_string().contains("go away"),
+                    "{e}"
+                );
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok >= 3, "{ok}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the old h2c connection was not closed");
+    traffic_ok(&gw, "after-age", 5, Duration::from_secs(5)).await;
+}
+
+/// Point 2: clients that stop reading. A pipelining HTTP/1 client and h2 clients whose
+/// stream windows are never reopened are cut at `send_timeout` (counted), which drops their
+/// answers and so the upstream connections behind them; others are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_are_cut_at_send_timeout() {
+    let big = Bytes::from(vec![b'x'; 1 << 20]);
+    let up = Upstream::with_handler(
+        "stable",
+        Arc::new(move |s: &Seen| {
+            if s.path == "/big" {
+                Response::builder().body(Full::new(big.clone())).unwrap()
+            } else {
+                dialog_answer("stable", s)
+            }
+        }),
+    )
+    .await;
+    let yaml = format!(
+        "limits: {{ send_timeout: 800ms, idle_timeout: 60s }}\nclusters:\n  stable:\n    endpoints: [{}]\ndefault: stable\n",
+        up.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut stuck = TcpStream::connect(gw.dialog).await.unwrap();
+    let many = "GET /big HTTP/1.1\r\nHost: gw\r\n\r\n".repeat(50);
+    let _ = tokio::time::timeout(Duration::from_secs(2), stuck.write_all(many.as_bytes())).await;
+    // Two h2c connections with small windows, many streams each, bodies never read.
+    let mut h2s = Vec::new();
+    for _ in 0..2 {
+        let (mut tx, conn) = h2c(gw.dialog, Some(1024)).await;
+        let mut heads = Vec::new();
+        for _ in 0..20 {
+            tx.ready().await.unwrap();
+            heads.push(tx.send_request(h2_get("/big")));
+        }
+        let mut answers = Vec::new();
+        for h in heads {
+            if let Ok(a) = h.await {
+                answers.push(a);
+            }
+        }
+        h2s.push((tx, conn, answers));
+    }
+    traffic_ok(&gw, "beside-non-readers", 20, Duration::from_secs(5)).await;
+    // All three are cut (before anyone reads: reading would be taking the answers).
+    let cut = || async {
+        gw.metric(
+            "graygate_rejected_connections_total",
+            &[("reason", "send_timeout")],
+        )
+        .await
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async { cut().await >= 3.0 }).await,
+        "send_timeout counted {}",
+        cut().await
+    );
+    for (_tx, conn, _answers) in h2s {
+        let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        assert!(
+            ended.is_ok(),
+            "an h2 connection with shut windows was not cut"
+        );
+    }
+    // The HTTP/1 non-reader finds the end after what was already in its socket buffer.
+    let mut sink = vec![0u8; 1 << 16];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stuck.read(&mut sink)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(_)) => {}
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the pipelining non-reader was not cut");
+    // Nothing is left open: the upstream answers were dropped with their connections.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.metric("graygate_connections", &[("listener", "dialog")])
+                .await
+                == 0.0
+        })
+        .await
+    );
+    traffic_ok(&gw, "after-non-readers", 10, Duration::from_secs(5)).await;
+}
+
+/// A TCP connection from another loopback address (the whole 127/8 is local on Linux).
+async fn connect_from(src: [u8; 4], to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind((std::net::Ipv4Addr::from(src), 0).into())?;
+    sock.connect(to).await
+}
+
+/// Point 8: one source address that reconnects as soon as it is cut gets at most
+/// `max_connections_per_ip`, the rest are closed at accept (`per_ip`), and a client from
+/// another address is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_gets_at_most_its_share_of_connections() {
+    let (gw, _up) =
+        gateway("limits: { max_connections_per_ip: 4, header_read_timeout: 3s }\n").await;
+    let src = [127, 0, 0, 2];
+    if connect_from(src, gw.dialog).await.is_err() {
+        println!("SKIP: cannot bind 127.0.0.2 here");
+        return;
+    }
+    // Hold connections from 127.0.0.2, reconnecting at once whenever one is closed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (stop, addr) = (stop.clone(), gw.dialog);
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut s) = connect_from(src, addr).await {
+                    let mut b = [0u8; 64];
+                    let _ = tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    traffic_ok(&gw, "beside-one-address", 30, Duration::from_secs(5)).await;
+    let held = gw
+        .metric("graygate_connections", &[("listener", "dialog")])
+        .await;
+    assert!(held <= 4.0 + 1.0, "one address holds {held} connections");
+    let refused = gw
+        .metric(
+            "graygate_rejected_connections_total",
+            &[("reason", "per_ip")],
+        )
+        .await;
+    assert!(refused >= 10.0, "per_ip counted {refused}");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Point 7: an early error answer survives a client that is still sending its body: the
+/// gateway answers, half-closes and drains (bounded) before closing, so the client reads the
+/// 413 instead of a connection reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answers_reach_a_client_that_is_still_sending() {
+    let (gw, up) = gateway("limits: { max_body: 1KiB }\n").await;
+    for round in 0..5 {
+        let mut s = TcpStream::connect(gw.dialog).await.unwrap();
+        s.write_all(format!("{V2}Transfer-Encoding: chunked\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        // 2 KiB in 256-byte chunks, a little at a time, write errors ignored.
+        for _ in 0..8 {
+            let chunk = format!("100\r\n{}\r\n", "a".repeat(256));
+            let _ = s.write_all(chunk.as_bytes()).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = s.write_all(b"0\r\n\r\n").await;
+        let (ans, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        assert_eq!(status_of(&ans), Some(413), "round {round}: {ans:?}");
+        assert!(ans.contains("GW.BODY_TOO_LARGE"), "{ans}");
+    }
+    assert_eq!(up.count(), 0);
+    traffic_ok(&gw, "after-early", 5, Duration::from_secs(5)).await;
 }

@@ -1,29 +1,43 @@
 //! Sockets and HTTP connections: accept, cap, time out, serve (HTTP/1.1 and h2c, or TLS with
 //! ALPN h2/http1.1), drain on shutdown. Generic over the service so the dialog and admin
-//! listeners share it.
+//! listeners share it. Every connection is bounded in time; every table is bounded in size.
 //!
 //! - `max_connections`: a semaphore; a connection over the cap is closed at accept and counted
-//!   (`graygate_rejected_connections_total{reason="max_connections"}`), never queued.
-//! - `header_read_timeout`: from accept, a connection has this long to complete its TLS
-//!   handshake and deliver its first request's headers (our watchdog: hyper's protocol
-//!   detection and HTTP/2 have no header timer of their own, so a client that connects and
-//!   sends nothing, or a byte now and then, would otherwise hold its slot forever); later
-//!   requests on a kept-alive HTTP/1 connection are bounded by hyper's header timer. Every cut
-//!   is counted (`reason="header_timeout"`).
+//!   (`graygate_rejected_connections_total{reason="max_connections"}`), never queued. With
+//!   `evict_idle_at_cap` (the admin listener) the longest-idle connection is closed instead, so
+//!   a crowd of idle connections cannot keep probes out.
+//! - `max_connections_per_ip`: open connections per client address (a table with one entry
+//!   per address that has a connection open); over it, closed at accept (`reason="per_ip"`).
+//! - One watchdog per connection (in `serve_conn`, over [`guard::ConnState`]) wakes a few
+//!   times per smallest limit and applies:
+//!   - `header_read_timeout`: the first request's head (and TLS handshake) must arrive within
+//!     it from accept; a later HTTP/1 head within it from its first byte (`header_timeout`);
+//!   - `idle_timeout`: no request in flight for this long, HTTP/1 or HTTP/2 (PINGs do not
+//!     count): closed gracefully (`idle`);
+//!   - `send_timeout`: a response body, or a socket write, waiting on the client this long:
+//!     closed at once, dropping the response and so its upstream connection (`send_timeout`);
+//!   - `max_connection_age`: asked to close gracefully (GOAWAY / `Connection: close`), then
+//!     dropped after `grace`.
+//! - Closing lingers (`guard::linger`): half-close, drain what the client still sends (bounded
+//!   in bytes and time), then close, so an early answer (413, 400) is not lost to a reset.
 //! - `listen_proxy_protocol`: the PROXY header is read first, within the same
 //!   `header_read_timeout`, and its source address becomes the connection's peer
-//!   (`proxy_protocol.rs`); a connection without a valid one is closed and counted
-//!   (`reason="proxy_protocol"`).
+//!   (`proxy_protocol.rs`; `max_connections_per_ip` then counts that address); a connection
+//!   without a valid one is closed and counted (`reason="proxy_protocol"`).
 //! - Shutdown: stop accepting, ask every connection to finish its in-flight requests
 //!   (graceful), and give them `grace` before returning.
+//!
+//! Another engine serving the dialog port (e.g. an HTTP/1 fast path) reads the same
+//! `snapshot::Limits` and should hold its connections to the same [`guard::ConnLimits`].
 
+pub mod guard;
 pub mod proxy_protocol;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -35,6 +49,7 @@ use tokio::sync::Semaphore;
 
 use crate::lifecycle::Shutdown;
 use crate::metrics::Metrics;
+use guard::{ConnLimits, ConnState, Guarded, Tracked, Verdict};
 
 /// Connection-level settings.
 #[derive(Clone)]
@@ -45,12 +60,61 @@ pub struct ListenOptions {
     /// Spare descriptors held open and given up, one at a time, to accept a connection when
     /// the process has run out (`EMFILE`); retaken when descriptors are free again.
     pub reserve_fds: usize,
-    pub header_read_timeout: Duration,
-    /// How long in-flight requests may take to finish after shutdown begins.
+    /// 0 = unbounded.
+    pub max_connections_per_ip: usize,
+    pub limits: ConnLimits,
+    /// At the connection cap, close the longest-idle connection to make room for the new one
+    /// instead of refusing it (the admin listener: probes must get in past idle hoarders).
+    pub evict_idle_at_cap: bool,
+    /// How long in-flight requests may take to finish after shutdown begins (and after a
+    /// connection past `max_connection_age` was asked to close).
     pub grace: Duration,
     pub tls: Option<Arc<tls::TlsAcceptor>>,
     /// Every connection starts with a PROXY protocol header; its source address is the peer.
     pub proxy_protocol: bool,
+}
+
+/// Open connections per client address, for `max_connections_per_ip`. One entry per address
+/// with at least one open connection, so the table is bounded by `max_connections`.
+struct PerIp {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct IpSlot(Arc<PerIp>, IpAddr);
+
+impl PerIp {
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut m = self.counts.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.counts.lock() {
+            if let Some(n) = m.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.1);
+                }
+            }
+        }
+    }
+}
+
+/// Counters of the cuts, by reason.
+#[derive(Clone)]
+struct Cuts {
+    header_timeout: prometheus::IntCounter,
+    idle: prometheus::IntCounter,
+    send_timeout: prometheus::IntCounter,
+    tls: prometheus::IntCounter,
 }
 
 /// Serve `listener` until `shutdown`, then drain. `make` builds the per-request service from
@@ -64,28 +128,35 @@ pub async fn serve<F, Fut, B>(
 ) where
     F: Fn(Request<Incoming>, SocketAddr, bool) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let permits = Arc::new(Semaphore::new(opts.max_connections));
     let gauge = metrics.connections.with_label_values(&[opts.name]);
-    let rejected_cap = metrics
-        .rejected_connections
-        .with_label_values(&["max_connections"]);
-    let rejected_tls = metrics.rejected_connections.with_label_values(&["tls"]);
-    let rejected_hdr = metrics
-        .rejected_connections
-        .with_label_values(&["header_timeout"]);
-    let rejected_pp = opts.proxy_protocol.then(|| {
-        metrics
-            .rejected_connections
-            .with_label_values(&["proxy_protocol"])
+    let rejected = |r: &str| metrics.rejected_connections.with_label_values(&[r]);
+    let rejected_cap = rejected("max_connections");
+    let rejected_ip = rejected("per_ip");
+    let cuts = Cuts {
+        header_timeout: rejected("header_timeout"),
+        idle: rejected("idle"),
+        send_timeout: rejected("send_timeout"),
+        tls: rejected("tls"),
+    };
+    let per_ip = (opts.max_connections_per_ip > 0).then(|| {
+        Arc::new(PerIp {
+            max: opts.max_connections_per_ip,
+            counts: Mutex::new(HashMap::new()),
+        })
     });
+    // Live connections, for eviction at the cap (admin listener only).
+    let mut open: Vec<Weak<ConnState>> = Vec::new();
+    let rejected_pp = opts.proxy_protocol.then(|| rejected("proxy_protocol"));
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No hyper header timer: the watchdog times request heads itself (from their first byte,
+    // so that an idle keep-alive connection is bounded by idle_timeout, not by it).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(64 * 1024);
     builder
@@ -124,28 +195,84 @@ pub async fn serve<F, Fut, B>(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            rejected_cap.inc();
-            drop(stream);
-            continue;
+        let ip_slot = match per_ip.as_ref().filter(|_| !opts.proxy_protocol) {
+            Some(t) => match t.admit(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    rejected_ip.inc();
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if opts.evict_idle_at_cap => {
+                open.retain(|w| w.strong_count() > 0);
+                let victim = open
+                    .iter()
+                    .filter_map(|w| w.upgrade())
+                    .filter_map(|c| c.idle_now().map(|idle| (idle, c)))
+                    .max_by_key(|(idle, _)| *idle);
+                let Some((_, victim)) = victim else {
+                    rejected_cap.inc();
+                    continue;
+                };
+                victim.kill.notify_one();
+                // The victim's task ends at its next poll; wait briefly for its slot.
+                match tokio::time::timeout(
+                    Duration::from_millis(500),
+                    permits.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        rejected_cap.inc();
+                        continue;
+                    }
+                }
+            }
+            Err(_) => {
+                rejected_cap.inc();
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         gauge.inc();
+        let state = ConnState::new();
+        if opts.evict_idle_at_cap {
+            if open.len() >= 2 * opts.max_connections {
+                open.retain(|w| w.strong_count() > 0);
+            }
+            open.push(Arc::downgrade(&state));
+        }
         let gauge = gauge.clone();
         let builder = builder.clone();
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let tls = opts.tls.clone();
-        let rejected_tls = rejected_tls.clone();
-        let rejected_hdr = rejected_hdr.clone();
+        let cuts = cuts.clone();
         let rejected_pp = rejected_pp.clone();
-        let first_by = tokio::time::Instant::now() + opts.header_read_timeout;
+        let (per_ip, rejected_ip) = (per_ip.clone(), rejected_ip.clone());
+        let limits = opts.limits;
+        let grace = opts.grace;
+        let first_by = tokio::time::Instant::now() + limits.header_read_timeout;
         tasks.spawn(async move {
             let _permit = permit;
             let (mut stream, mut peer) = (stream, peer);
+            let mut ip_slot = ip_slot;
             if let Some(rejected_pp) = &rejected_pp {
-                match proxy_protocol::accept(&mut stream, peer, first_by, rejected_pp, &rejected_hdr)
-                    .await
+                match proxy_protocol::accept(
+                    &mut stream,
+                    peer,
+                    first_by,
+                    rejected_pp,
+                    &cuts.header_timeout,
+                )
+                .await
                 {
                     Some(client) => peer = client,
                     None => {
@@ -153,39 +280,59 @@ pub async fn serve<F, Fut, B>(
                         return;
                     }
                 }
+                // Behind a PROXY-protocol balancer the client's address is known only now.
+                if let Some(t) = &per_ip {
+                    match t.admit(peer.ip()) {
+                        Some(slot) => ip_slot = Some(slot),
+                        None => {
+                            rejected_ip.inc();
+                            gauge.dec();
+                            return;
+                        }
+                    }
+                }
             }
+            let _ip_slot = ip_slot;
             let https = tls.is_some();
-            let started = Arc::new(AtomicBool::new(false));
-            let watch = Watchdog {
-                first_by,
-                started: started.clone(),
-                rejected_hdr,
-            };
-            let svc = hyper::service::service_fn(move |req| {
-                started.store(true, Ordering::Relaxed);
+            let st = state.clone();
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let inflight = st.begin(req.version());
                 let h = handler.clone();
-                async move { Ok::<_, std::convert::Infallible>(h(req, peer, https).await) }
+                async move {
+                    let resp = h(req, peer, https).await;
+                    Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, inflight)))
+                }
             });
+            let (io, back) = Guarded::new(stream, state.clone());
+            let watch = Watch {
+                first_by,
+                limits,
+                grace,
+                state: state.clone(),
+                cuts: cuts.clone(),
+            };
             match tls {
                 Some(acceptor) => {
-                    let hs = tokio::time::timeout_at(first_by, acceptor.accept(stream)).await;
+                    let hs = tokio::time::timeout_at(first_by, acceptor.accept(io)).await;
                     match hs {
                         Ok(Ok(tls_stream)) => {
                             let io = TokioIo::new(tls_stream);
                             serve_conn(&builder, io, svc, &shutdown, &watch).await;
                         }
                         Ok(Err(e)) => {
-                            rejected_tls.inc();
+                            cuts.tls.inc();
                             tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
                         }
                         Err(_) => {
-                            watch.rejected_hdr.inc();
+                            cuts.header_timeout.inc();
                             tracing::debug!(peer = %peer, "TLS handshake not done within header_read_timeout");
                         }
                     }
                 }
-                None => serve_conn(&builder, TokioIo::new(stream), svc, &shutdown, &watch).await,
+                None => serve_conn(&builder, TokioIo::new(io), svc, &shutdown, &watch).await,
             }
+            // Every part of the connection is gone by now, the socket wrapper too.
+            guard::linger(&state, back.await.ok()).await;
             gauge.dec();
         });
     }
@@ -256,20 +403,25 @@ impl AcceptErrors {
     }
 }
 
-/// The first-request deadline of one connection.
-struct Watchdog {
+/// The watchdog's view of one connection.
+struct Watch {
+    /// The first request's head must have arrived by then.
     first_by: tokio::time::Instant,
-    /// Set by the service when the first request's headers have arrived.
-    started: Arc<AtomicBool>,
-    rejected_hdr: prometheus::IntCounter,
+    limits: ConnLimits,
+    grace: Duration,
+    state: Arc<ConnState>,
+    cuts: Cuts,
 }
+
+/// After a graceful close was asked for an idle connection, how long it may take.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 async fn serve_conn<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     svc: S,
     shutdown: &Shutdown,
-    watch: &Watchdog,
+    watch: &Watch,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -286,11 +438,16 @@ async fn serve_conn<I, S, B>(
     tokio::pin!(conn);
     let deadline = tokio::time::sleep_until(watch.first_by);
     tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(watch.limits.period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = &watch.state;
     let (mut draining, mut watching) = (false, true);
+    // Set once a graceful close was asked for: the connection is dropped if still open then.
+    let mut close_by: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
-            // Fixed order: the connection first (polled on every wake-up of this task; the
-            // other two branches fire at most once each), and no random draw per poll.
+            // Fixed order: the connection first (polled on every wake-up of this task), and
+            // no random draw per poll.
             biased;
             r = conn.as_mut() => break r,
             _ = shutdown.wait(), if !draining => {
@@ -299,18 +456,59 @@ async fn serve_conn<I, S, B>(
             }
             _ = &mut deadline, if watching => {
                 watching = false;
-                if !watch.started.load(Ordering::Relaxed) {
+                if state.requests() == 0 {
                     // Dropping the connection closes the socket.
-                    watch.rejected_hdr.inc();
+                    watch.cuts.header_timeout.inc();
                     tracing::debug!("no request headers within header_read_timeout: connection closed");
                     return;
+                }
+            }
+            _ = state.kill.notified() => {
+                watch.cuts.idle.inc();
+                tracing::debug!("idle connection closed to make room at the connection cap");
+                return;
+            }
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                if close_by.is_some_and(|t| now >= t) {
+                    tracing::debug!("connection did not close in time after being asked: dropped");
+                    state.abort_on_close();
+                    return;
+                }
+                match state.verdict(&watch.limits) {
+                    Verdict::Fine => {}
+                    Verdict::SendTimeout => {
+                        watch.cuts.send_timeout.inc();
+                        state.abort_on_close();
+                        tracing::debug!("the client did not take a response within send_timeout: connection closed");
+                        return;
+                    }
+                    Verdict::HeaderTimeout => {
+                        watch.cuts.header_timeout.inc();
+                        tracing::debug!("request headers not complete within header_read_timeout: connection closed");
+                        return;
+                    }
+                    Verdict::Idle if close_by.is_none() => {
+                        watch.cuts.idle.inc();
+                        tracing::debug!("no request within idle_timeout: connection closed");
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                        close_by = Some(now + IDLE_CLOSE_GRACE);
+                    }
+                    Verdict::Aged if close_by.is_none() => {
+                        tracing::debug!("connection older than max_connection_age: closing it gracefully");
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                        close_by = Some(now + watch.grace);
+                    }
+                    Verdict::Idle | Verdict::Aged => {}
                 }
             }
         }
     };
     if let Err(e) = result {
         if is_header_timeout(&*e) {
-            watch.rejected_hdr.inc();
+            watch.cuts.header_timeout.inc();
         }
         tracing::debug!(error = %e, "connection ended with an error");
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::snapshot::ListenerTls;
@@ -36,7 +35,10 @@ impl TlsAcceptor {
         }
     }
 
-    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+    pub async fn accept<IO>(&self, stream: IO) -> std::io::Result<TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.load_full());
         acceptor.accept(stream).await
     }
