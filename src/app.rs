@@ -136,6 +136,7 @@ impl App {
         let pins = match &snap.store {
             StoreSpec::Memory { snapshot } => {
                 let m = MemoryStore::new(metrics.clone());
+                m.set_max_pins(snap.pins.max_pins);
                 if let Some(file) = snapshot {
                     pin_file = Some(open_pin_file(file.clone(), m.clone()).await?);
                 }
@@ -168,6 +169,11 @@ impl App {
                     acceptor.reload(t);
                 }
             }));
+        }
+        if let Store::Memory(m) = &pins {
+            // pins.max_pins follows reloads (a lower value evicts as new pins come).
+            let m = m.clone();
+            reloader.on_publish(Box::new(move |s| m.set_max_pins(s.pins.max_pins)));
         }
         let readiness = Arc::new(Readiness::default());
         readiness.set_config_loaded();

@@ -39,6 +39,7 @@ pub const NAMES: &[&str] = &[
     "graygate_pin_store_duration_seconds",
     "graygate_connections",
     "graygate_rejected_connections_total",
+    "graygate_pins_evicted_total",
 ];
 
 /// Latency buckets from 100 µs to 10 s: a gateway hop is sub-millisecond, an ODFS turn is tens
@@ -74,6 +75,7 @@ pub struct Inner {
     pub pin_store_duration: HistogramVec,
     pub connections: IntGaugeVec,
     pub rejected_connections: IntCounterVec,
+    pub pins_evicted: IntCounterVec,
     /// New calls per rule and cluster over the last minutes, for `/admin/config` and the
     /// console (spec §12); not exported, `graygate_pins_created_total` is the Prometheus side.
     pub shares: crate::shares::ObservedShares,
@@ -341,6 +343,12 @@ impl Metrics {
                 "Connections refused or cut",
                 &["reason"],
             ),
+            pins_evicted: counter(
+                &r,
+                "graygate_pins_evicted_total",
+                "Pins evicted because the table was at pins.max_pins",
+                &["cluster"],
+            ),
             shares: crate::shares::ObservedShares::new(),
             turn_series: HandleTable::new(),
             pin_series: HandleTable::new(),
@@ -353,7 +361,14 @@ impl Metrics {
         for l in ["dialog", "admin"] {
             inner.connections.with_label_values(&[l]);
         }
-        for r in ["max_connections", "tls", "header_timeout"] {
+        for r in [
+            "max_connections",
+            "per_ip",
+            "tls",
+            "header_timeout",
+            "idle",
+            "send_timeout",
+        ] {
             inner.rejected_connections.with_label_values(&[r]);
         }
         for op in ["get", "put", "touch", "release"] {
@@ -380,6 +395,13 @@ impl Metrics {
         let s = self.pin_series(cluster);
         s.created.inc();
         s.live.inc();
+    }
+
+    /// A pin pushed out of a full table (`pins.max_pins`).
+    pub fn pin_evicted(&self, cluster: NameId) {
+        let name = crate::ids::name(cluster);
+        self.pins_evicted.with_label_values(&[&name]).inc();
+        self.pin_series(cluster).live.dec();
     }
 
     /// A pin of a call on `cluster` was released.

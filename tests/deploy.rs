@@ -954,6 +954,56 @@ fn check_gateway_objects(dir: &str, docs: &[Yaml]) {
             "{dir}: the Service selects no gateway pod"
         );
     }
+    // The NetworkPolicy selects the gateway pods, admits dialog traffic, and admits the admin
+    // port only from named peers (probes come from the node, which is always allowed).
+    let np = object(docs, "NetworkPolicy", "graygate");
+    for (k, v) in get(np, "spec.podSelector.matchLabels")
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "{dir}: the NetworkPolicy selects no gateway pod"
+        );
+    }
+    let rules = get(np, "spec.ingress").as_sequence().unwrap();
+    let port_of = |r: &Yaml| -> Vec<String> {
+        r["ports"]
+            .as_sequence()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| match &p["port"] {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Number(n) => n.to_string(),
+                        _ => String::new(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let admin_rules: Vec<&Yaml> = rules
+        .iter()
+        .filter(|r| {
+            let ps = port_of(r);
+            ps.is_empty() || ps.iter().any(|p| p == "admin" || p == "9090")
+        })
+        .collect();
+    assert!(!admin_rules.is_empty(), "{dir}: nothing admits the scraper");
+    for r in &admin_rules {
+        let from = r["from"].as_sequence();
+        assert!(
+            from.is_some_and(|f| !f.is_empty()),
+            "{dir}: the admin port is open to every pod: {r:?}"
+        );
+    }
+    assert!(
+        rules
+            .iter()
+            .any(|r| port_of(r).iter().any(|p| p == "dialog" || p == "8080")
+                && r["from"].as_sequence().is_none()),
+        "{dir}: dialog traffic is not admitted"
+    );
     let pdb = object(docs, "PodDisruptionBudget", "graygate");
     assert!(
         get(pdb, "spec.minAvailable").as_u64().unwrap() >= 1,

@@ -934,3 +934,110 @@ async fn early_answers_reach_a_client_that_is_still_sending() {
     assert_eq!(up.count(), 0);
     traffic_ok(&gw, "after-early", 5, Duration::from_secs(5)).await;
 }
+
+/// Point 3: the admin listener cannot be starved. More idle h2 connections than its cap, each
+/// having sent one `GET /healthz` and then only PINGs, and probes on fresh connections still
+/// get their 200 at once: at the cap the longest-idle connection is closed to let one in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_crowds_cannot_starve_admin_probes() {
+    let (gw, _up) = gateway("").await;
+    let n = ((fd_limit().saturating_sub(200)) / 2).min(300);
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let Ok(s) = TcpStream::connect(gw.admin).await else {
+            continue;
+        };
+        let mut b = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        b.timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(200))
+            .keep_alive_while_idle(true);
+        let Ok((mut tx, conn)) = b.handshake(hyper_util::rt::TokioIo::new(s)).await else {
+            continue;
+        };
+        let conn = tokio::spawn(conn);
+        if let Ok(a) = tx.send_request(h2_get("/healthz")).await {
+            assert_eq!(a.status(), 200);
+        }
+        held.push((tx, conn));
+    }
+    let open = gw
+        .metric("graygate_connections", &[("listener", "admin")])
+        .await;
+    println!("{n} idle h2 connections opened, {open} admin connections open");
+    // Probes as the kubelet makes them: a new connection, one request, 1 s timeout.
+    let mut failed = 0;
+    for i in 0..20 {
+        let path = if i % 2 == 0 { "/healthz" } else { "/readyz" };
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        let (ans, _) = exchange(gw.admin, raw.as_bytes(), Duration::from_secs(1)).await;
+        if status_of(&ans) != Some(200) {
+            failed += 1;
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "{failed} of 20 probes failed beside {n} idle connections"
+    );
+    let evicted = gw
+        .metric("graygate_rejected_connections_total", &[("reason", "idle")])
+        .await;
+    if n > 256 {
+        assert!(evicted >= 20.0, "idle counted {evicted}");
+    }
+    traffic_ok(&gw, "beside-admin-crowd", 5, Duration::from_secs(5)).await;
+    drop(held);
+}
+
+/// Point 4: a flood of new calls cannot grow the pin table past `pins.max_pins`; the least
+/// recently used pins go first (counted), so a live call that turns meanwhile keeps its pin
+/// and its cluster (with `orphan_turns: reject` a lost pin would answer 409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_calls_cannot_grow_the_pin_table() {
+    let (stable, canary) = (
+        Upstream::start("stable").await,
+        Upstream::start("canary").await,
+    );
+    let yaml = two_clusters(
+        &stable,
+        &canary,
+        "pins: { max_pins: 640, orphan_turns: reject }\nrules:\n  - name: c\n    vdn: [101]\n    cluster: canary\ndefault: stable\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = Client::new();
+    let live = c.turn(&gw, Some(101), "live-call-1", 8, None).await;
+    assert_eq!(
+        (live.status.as_u16(), live.upstream()),
+        (200, Some("canary"))
+    );
+    let flood = 3000;
+    for i in 0..flood {
+        let a = c
+            .turn(&gw, Some(1), &format!("flood-{i:05}"), 8, None)
+            .await;
+        assert_eq!(a.status, 200);
+        if i % 50 == 0 {
+            let t = c.turn(&gw, Some(101), "live-call-1", 9, None).await;
+            assert_eq!(
+                (t.status.as_u16(), t.upstream()),
+                (200, Some("canary")),
+                "the live call lost its pin after {i} flood calls"
+            );
+        }
+    }
+    let pins = gw.metric("graygate_pins", &[("cluster", "stable")]).await
+        + gw.metric("graygate_pins", &[("cluster", "canary")]).await;
+    assert!(pins <= 640.0, "{pins} pins with max_pins 640");
+    let evicted = gw
+        .metric("graygate_pins_evicted_total", &[("cluster", "stable")])
+        .await;
+    assert!(evicted >= (flood - 640) as f64, "evicted {evicted}");
+    assert_eq!(
+        gw.metric("graygate_pins_evicted_total", &[("cluster", "canary")])
+            .await,
+        0.0
+    );
+    let end = c
+        .turn(&gw, Some(101), "live-call-1", 9, Some("hangup"))
+        .await;
+    assert_eq!((end.status.as_u16(), end.upstream()), (200, Some("canary")));
+}

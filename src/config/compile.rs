@@ -472,6 +472,14 @@ fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpe
             Some(raw::RawOrphanTurns::Reject) => OrphanPolicy::Reject,
             _ => OrphanPolicy::Route,
         },
+        max_pins: match ctx.get("pins.max_pins", p.max_pins.as_ref()) {
+            Some(0) => {
+                ctx.err("pins.max_pins", "must be at least 1");
+                d.max_pins
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => d.max_pins,
+        },
     };
     let store = match p.store.as_deref().unwrap_or("memory") {
         "memory" => StoreSpec::Memory {

@@ -94,6 +94,8 @@ pub struct RawPins {
     #[schemars(with = "Option<String>")]
     pub end_grace: Option<Checked<HumanDuration>>,
     pub orphan_turns: Option<Checked<RawOrphanTurns>>,
+    /// Per replica table; when full the least recently used pin is evicted. Default 1000000.
+    pub max_pins: Option<Checked<u64>>,
     /// Memory store only: the table is written here on shutdown and read at start.
     pub snapshot: Option<String>,
     pub redis: Option<RawRedis>,

@@ -464,6 +464,8 @@ async fn serve_conn<I, S, B>(
                 }
             }
             _ = state.kill.notified() => {
+                // No lingering: the slot is wanted now.
+                state.abort_on_close();
                 watch.cuts.idle.inc();
                 tracing::debug!("idle connection closed to make room at the connection cap");
                 return;

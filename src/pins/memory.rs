@@ -12,8 +12,8 @@
 //! pause and advance time. The snapshot file stores wall-clock deadlines instead, so a restart
 //! accounts for the time the process was down.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,9 +31,89 @@ struct Entry {
     pin: Pin,
     /// Deadline in ms on the store's clock.
     deadline: u64,
+    /// This entry's place in its shard's clock ring (`ShardMap::ring`).
+    seq: u64,
+    /// Touched by a turn since the clock hand last passed it (second chance).
+    referenced: bool,
 }
 
-type Shard = Mutex<HashMap<CompactString, Entry, ahash::RandomState>>;
+/// Default `pins.max_pins`.
+pub const DEFAULT_MAX_PINS: usize = 1_000_000;
+
+/// One shard: the map, and a CLOCK (second-chance) ring over its keys for eviction at
+/// `max_pins`. Derefs to the map, so lookups read as before.
+///
+/// Why CLOCK and not an exact LRU list: a turn only sets `referenced` on its entry (no list
+/// splice, no second structure to lock), and eviction is amortized O(1): the hand passes each
+/// entry at most twice per full turn. A live call touches its pin on every turn and keeps its
+/// second chance; a flood's pins are touched once, at creation, and go first. Ring entries of
+/// removed pins are skipped when met (their `seq` no longer matches) and compacted away when
+/// they outnumber the live ones.
+struct ShardMap {
+    map: HashMap<CompactString, Entry, ahash::RandomState>,
+    ring: VecDeque<(u64, CompactString)>,
+    next_seq: u64,
+}
+
+impl ShardMap {
+    fn new() -> Self {
+        ShardMap {
+            map: HashMap::with_hasher(ahash::RandomState::new()),
+            ring: VecDeque::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// Put a just-inserted key on the ring.
+    fn track(&mut self, key: &str) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        if let Some(e) = self.map.get_mut(key) {
+            e.seq = seq;
+        }
+        self.ring.push_back((seq, CompactString::from(key)));
+        if self.ring.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.ring
+                .retain(|(seq, k)| map.get(k.as_str()).is_some_and(|e| e.seq == *seq));
+        }
+    }
+
+    /// Remove the entry the clock hand stops at: the first one not touched since it last
+    /// passed (touched ones lose their mark and go round again).
+    fn evict_one(&mut self) -> Option<Entry> {
+        while let Some((seq, key)) = self.ring.pop_front() {
+            let Some(e) = self.map.get_mut(key.as_str()) else {
+                continue;
+            };
+            if e.seq != seq {
+                continue;
+            }
+            if e.referenced {
+                e.referenced = false;
+                self.ring.push_back((seq, key));
+                continue;
+            }
+            return self.map.remove(key.as_str());
+        }
+        None
+    }
+}
+
+impl std::ops::Deref for ShardMap {
+    type Target = HashMap<CompactString, Entry, ahash::RandomState>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for ShardMap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+type Shard = Mutex<ShardMap>;
 
 /// The in-memory store. Cheap to share (`Arc` inside).
 #[derive(Clone)]
@@ -48,13 +128,13 @@ struct Inner {
     metrics: Metrics,
     /// Changed since the snapshot writer last looked ([`MemoryStore::take_dirty`]).
     dirty: AtomicBool,
+    /// `pins.max_pins`, as a per-shard ceiling (rounded up).
+    per_shard: AtomicUsize,
 }
 
 impl MemoryStore {
     pub fn new(metrics: Metrics) -> Self {
-        let shards = (0..SHARDS)
-            .map(|_| Mutex::new(HashMap::with_hasher(ahash::RandomState::new())))
-            .collect();
+        let shards = (0..SHARDS).map(|_| Mutex::new(ShardMap::new())).collect();
         MemoryStore {
             inner: Arc::new(Inner {
                 shards,
@@ -62,6 +142,7 @@ impl MemoryStore {
                 epoch: Instant::now(),
                 metrics,
                 dirty: AtomicBool::new(false),
+                per_shard: AtomicUsize::new(DEFAULT_MAX_PINS.div_ceil(SHARDS)),
             }),
         }
     }
@@ -70,10 +151,15 @@ impl MemoryStore {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 
-    fn shard(
-        &self,
-        userid: &str,
-    ) -> std::sync::MutexGuard<'_, HashMap<CompactString, Entry, ahash::RandomState>> {
+    /// Set `pins.max_pins`: each of the shards holds at most `max / shards` (rounded up); a new
+    /// pin in a full shard evicts one (CLOCK), counted in `graygate_pins_evicted_total`.
+    pub fn set_max_pins(&self, max: usize) {
+        self.inner
+            .per_shard
+            .store(max.div_ceil(SHARDS).max(1), Ordering::Relaxed);
+    }
+
+    fn shard(&self, userid: &str) -> std::sync::MutexGuard<'_, ShardMap> {
         let i = (self.inner.hasher.hash_one(userid) as usize) % SHARDS;
         self.inner.shards[i]
             .lock()
@@ -165,10 +251,21 @@ impl MemoryStore {
             Entry {
                 pin,
                 deadline: now + ttl.as_millis() as u64,
+                seq: 0,
+                referenced: false,
             },
         );
+        map.track(userid);
+        let mut evicted = None;
+        if old.is_none() && map.len() > self.inner.per_shard.load(Ordering::Relaxed) {
+            evicted = map.evict_one();
+        }
         drop(map);
         self.changed();
+        if let Some(e) = evicted {
+            // Like any release of a live call's pin (its later turns become orphan turns).
+            self.inner.metrics.pin_evicted(e.pin.cluster);
+        }
         if let Some(old) = old {
             let reason = if old.pin.ending {
                 ReleaseReason::EndGrace
@@ -246,6 +343,7 @@ impl PinStore for MemoryStore {
         if !e.pin.ending {
             e.deadline = now + idle_ttl.as_millis() as u64;
         }
+        e.referenced = true;
         let pin = e.pin;
         drop(map);
         self.changed();
@@ -330,6 +428,33 @@ mod tests {
         assert!(p.ending);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(s.get("u1", Duration::from_secs(600)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_table_evicts_untouched_pins_first() {
+        let metrics = Metrics::new();
+        let s = MemoryStore::new(metrics.clone());
+        // 4 per shard.
+        s.set_max_pins(4 * SHARDS);
+        let ttl = Duration::from_secs(600);
+        s.create("live", pin("stable"), ttl).await;
+        for i in 0..20_000 {
+            s.create(&format!("flood-{i}"), pin("stable"), ttl).await;
+            if i % 16 == 0 {
+                assert!(
+                    s.get("live", ttl).await.is_some(),
+                    "live call evicted at {i}"
+                );
+            }
+        }
+        assert!(s.len() <= 4 * SHARDS, "{}", s.len());
+        let evicted = metrics.pins_evicted.with_label_values(&["stable"]).get();
+        assert_eq!(evicted as usize, 20_001 - s.len());
+        // The rings stay bounded too.
+        for sh in s.inner.shards.iter() {
+            let m = sh.lock().unwrap();
+            assert!(m.ring.len() <= 2 * m.len() + 65, "{}", m.ring.len());
+        }
     }
 
     #[tokio::test]

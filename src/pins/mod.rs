@@ -45,6 +45,9 @@ pub struct PinPolicy {
     pub idle_ttl: Duration,
     pub end_grace: Duration,
     pub orphan_turns: OrphanPolicy,
+    /// The most pins this replica's table holds; past it the least recently used one is
+    /// evicted (`memory::ShardMap`).
+    pub max_pins: usize,
 }
 
 impl Default for PinPolicy {
@@ -53,6 +56,7 @@ impl Default for PinPolicy {
             idle_ttl: Duration::from_secs(30 * 60),
             end_grace: Duration::from_secs(60),
             orphan_turns: OrphanPolicy::Route,
+            max_pins: memory::DEFAULT_MAX_PINS,
         }
     }
 }
