@@ -383,6 +383,8 @@ impl Metrics {
     fn pin_series(&self, cluster: NameId) -> Arc<PinSeries> {
         self.pin_series.get(owner_key(Some(cluster), None), || {
             let name = crate::ids::name(cluster);
+            // A zero eviction count per cluster from its first pin, for alerts on the rate.
+            self.pins_evicted.with_label_values(&[&name]);
             PinSeries {
                 created: self.pins_created.with_label_values(&[&name]),
                 live: self.pins.with_label_values(&[&name]),

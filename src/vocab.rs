@@ -162,7 +162,8 @@ mod tests {
                 "GW.UPSTREAM",
                 "GW.NO_UPSTREAM",
                 "GW.UPSTREAM_TIMEOUT",
-                "GW.LOCAL_RESOURCES"
+                "GW.LOCAL_RESOURCES",
+                "GW.BAD_REQUEST",
             ]
         );
     }

@@ -43,6 +43,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("snapshot", &["probe", "router", "pins", "upstream", "ids"]),
     ("respond", &["protocol", "probe", "vocab"]),
+    ("admission", &["respond"]),
     (
         "listener",
         &["lifecycle", "metrics", "snapshot", "tlsfiles", "fdlimit"],
@@ -56,6 +57,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "router",
             "upstream",
             "respond",
+            "admission",
             "record",
             "metrics",
             "telemetry",
