@@ -147,8 +147,14 @@ impl App {
                 key_prefix,
                 timeout,
             } => Store::Redis(
-                RedisStore::new(url, key_prefix, *timeout, metrics.clone())
-                    .map_err(StartError::Other)?,
+                RedisStore::new(
+                    url,
+                    key_prefix,
+                    *timeout,
+                    metrics.clone(),
+                    crate::pins::redis::password_from_env().map_err(StartError::Other)?,
+                )
+                .map_err(StartError::Other)?,
             ),
         };
         metrics.reload(true, Some(1));
@@ -177,11 +183,17 @@ impl App {
         }
         let readiness = Arc::new(Readiness::default());
         readiness.set_config_loaded();
+        let spans = live
+            .load()
+            .otlp
+            .as_ref()
+            .map(|collector| crate::trace::otlp::Exporter::start(collector, &metrics.registry));
         let proxy = Proxy::new(
             live.clone(),
             upstreams.clone(),
             pins.clone(),
             metrics.clone(),
+            spans,
         );
         let admin = Arc::new(Admin {
             live: live.clone(),

@@ -19,7 +19,7 @@
 //! - [`config`]: the side path. [`snapshot`]: the compiled config of one generation.
 //! - [`probe`], [`router`], [`pins`], [`upstream`]: the stages of a turn; [`proxy`] runs them
 //!   in order; [`respond`] turns errors into the answers of spec §3.
-//! - [`record`], [`metrics`], [`shares`], [`telemetry`]: what a turn leaves behind.
+//! - [`record`], [`metrics`], [`shares`], [`telemetry`], [`trace`]: what a turn leaves behind.
 //! - [`listener`], [`admin`], [`lifecycle`], [`app`]: sockets, the admin surface, shutdown,
 //!   and the composition root. [`history`]: the audit trail of applied and refused configs and
 //!   rollout decisions. [`backend`]: the reference ODFS, a separate wing.
@@ -43,6 +43,8 @@ pub mod located;
 pub mod metrics;
 pub mod pins;
 pub mod probe;
+#[cfg(target_os = "linux")]
+pub mod process_metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod record;
@@ -52,5 +54,6 @@ pub mod shares;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tlsfiles;
+pub mod trace;
 pub mod upstream;
 pub mod vocab;

@@ -214,7 +214,7 @@ impl Metrics {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
         {
-            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let pc = crate::process_metrics::ProcessMetrics::for_self();
             let _ = r.register(Box::new(pc));
         }
         let generation = IntGauge::new(

@@ -16,6 +16,8 @@ pub struct TurnRecord {
     pub path: CompactString,
     /// The client's address: the socket's peer, or the PROXY header's source (spec §13).
     pub client: Option<std::net::IpAddr>,
+    /// The turn's trace context (spec §13).
+    pub trace: Option<crate::trace::TraceContext>,
     pub vdn: Option<Vdn>,
     /// The full userid; only ever printed masked.
     pub userid: Option<CompactString>,

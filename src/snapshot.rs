@@ -97,6 +97,8 @@ pub struct Snapshot {
     pub decision_header: bool,
     /// Dialog connections start with a PROXY protocol header (spec §13).
     pub listen_proxy_protocol: bool,
+    /// `tracing.otlp`: the collector's URL (`/v1/traces` is added when it has no path).
+    pub otlp: Option<http::Uri>,
     pub limits: Limits,
     pub pins: PinPolicy,
     pub store: StoreSpec,

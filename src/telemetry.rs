@@ -326,6 +326,8 @@ pub fn access_log(rec: &TurnRecord) {
         method = %Text(rec.method.as_str()),
         path = %Text(&rec.path),
         client = rec.client.map(tracing::field::display),
+        trace_id = rec.trace.map(|t| tracing::field::display(crate::trace::hex(&t.trace_id))),
+        span_id = rec.trace.map(|t| tracing::field::display(crate::trace::hex(&t.span_id))),
         vdn = rec.vdn,
         userid = userid.as_deref().map(|u| tracing::field::display(Text(u))),
         inaction = rec.inaction.map(|i| i.0),
@@ -396,6 +398,10 @@ fn access_json(s: &mut String, rec: &TurnRecord, now: SystemTime) {
         let mut text = compact_str::CompactString::default();
         let _ = write!(text, "{ip}");
         str_field(s, "client", &text);
+    }
+    if let Some(t) = &rec.trace {
+        str_field(s, "trace_id", &crate::trace::hex(&t.trace_id));
+        str_field(s, "span_id", &crate::trace::hex(&t.span_id));
     }
     if let Some(v) = rec.vdn {
         num_field(s, "vdn", u64::from(v));

@@ -1,5 +1,7 @@
 //! The admin surface (spec §4) and the metrics contract (spec §6).
 
+use std::time::Duration;
+
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +231,55 @@ async fn admin_token_guards_admin_paths_only() {
             )
             .await;
         assert_ne!(a.status, 401, "{method} {path}");
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+        for auth in [
+            "bearer s3cret-token",
+            "BEARER s3cret-token",
+            "Bearer  s3cret-token",
+        ] {
+            let a = c
+                .request(method, &gw.admin_url(path), &[("authorization", auth)], "")
+                .await;
+            assert_ne!(a.status, 401, "{method} {path} {auth:?}");
+        }
+        for auth in [
+            "bearer S3CRET-TOKEN",
+            "bearers3cret-token",
+            "Basic s3cret-token",
+        ] {
+            let a = c
+                .request(method, &gw.admin_url(path), &[("authorization", auth)], "")
+                .await;
+            assert_eq!(a.status, 401, "{method} {path} {auth:?}");
+        }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_metrics_and_cpu_seconds_with_a_fraction() {
+    let (stable, canary) = (
+        Upstream::start("stable").await,
+        Upstream::start("canary").await,
+    );
+    let gw = Gateway::start(&two_clusters(&stable, &canary, "default: stable\n")).await;
+    let c = Client::new();
+    let a = c.request("HEAD", &gw.admin_url("/metrics"), &[], "").await;
+    assert_eq!(a.status, 200);
+    assert!(a.body.is_empty());
+    assert_eq!(a.header("content-type"), Some("text/plain; version=0.0.4"));
+    // Some CPU for the process to have used, then the counter has a fractional part (the
+    // prometheus crate's own collector exports whole seconds).
+    let start = tokio::time::Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < Duration::from_millis(50) {
+        x = x.wrapping_mul(31).wrapping_add(7);
+    }
+    std::hint::black_box(x);
+    let text = c.get_text(&gw.admin_url("/metrics")).await;
+    let cpu =
+        metric_value(&text, "process_cpu_seconds_total", &[]).expect("process_cpu_seconds_total");
+    assert!(cpu > 0.0 && cpu.fract() != 0.0, "{cpu}");
+    assert!(metric_value(&text, "process_open_fds", &[]).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1032,10 +1032,113 @@ fn check_gateway_objects(dir: &str, docs: &[Yaml]) {
         assert_eq!(store, "redis://redis:6379/0", "{dir}");
         let redis_svc = object(docs, "Service", "redis");
         assert_eq!(get(redis_svc, "spec.ports.0.port").as_u64(), Some(6379));
-        object(docs, "Deployment", "redis");
+        redis_password_and_network_policy(dir, docs, deploy);
     } else {
         assert_eq!(store, "memory", "{dir}");
     }
+}
+
+/// The redis overlay: Redis requires the password of the Secret `graygate-redis`, the gateway
+/// reads the same Secret as a file (never the ConfigMap), and a NetworkPolicy admits only the
+/// gateway pods to Redis's port.
+fn redis_password_and_network_policy(dir: &str, docs: &[Yaml], gateway: &Yaml) {
+    let secret_ref = |env: &Yaml, name: &str| -> Option<(String, String)> {
+        let e = env
+            .as_sequence()?
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))?;
+        let r = &e["valueFrom"]["secretKeyRef"];
+        Some((r["name"].as_str()?.into(), r["key"].as_str()?.into()))
+    };
+    let redis = object(docs, "Deployment", "redis");
+    let rc = get(redis, "spec.template.spec.containers.0");
+    let args: Vec<&str> = rc["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let i = args
+        .iter()
+        .position(|a| *a == "--requirepass")
+        .unwrap_or_else(|| panic!("{dir}: redis without --requirepass: {args:?}"));
+    assert_eq!(args.get(i + 1), Some(&"$(REDIS_PASSWORD)"), "{dir}");
+    let want = Some(("graygate-redis".to_string(), "password".to_string()));
+    assert_eq!(secret_ref(&rc["env"], "REDIS_PASSWORD"), want, "{dir}");
+    assert_eq!(secret_ref(&rc["env"], "REDISCLI_AUTH"), want, "{dir}");
+
+    // The gateway: GRAYGATE_REDIS_PASSWORD_FILE names a file of a mounted graygate-redis Secret.
+    let spec = get(gateway, "spec.template.spec");
+    let gc = spec["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "graygate")
+        .unwrap();
+    let file = gc["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "GRAYGATE_REDIS_PASSWORD_FILE")
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("{dir}: the gateway has no GRAYGATE_REDIS_PASSWORD_FILE"));
+    let mount = gc["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+        .unwrap_or_else(|| panic!("{dir}: {file} is on no mounted volume"));
+    let volume = spec["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "graygate-redis", "{dir}");
+    // No password in the ConfigMap's routes.yaml.
+    let cm = object(docs, "ConfigMap", "graygate-routes");
+    let routes_text = cm["data"]["routes.yaml"].as_str().unwrap();
+    let routes: Yaml = serde_yaml::from_str(routes_text).unwrap();
+    let store = s(&routes, "pins.store");
+    assert!(
+        !store.contains('@'),
+        "{dir}: a password in the ConfigMap: {store}"
+    );
+
+    // The NetworkPolicy: selects the Redis pods, admits only the gateway pods, on 6379.
+    let np = object(docs, "NetworkPolicy", "redis");
+    let redis_labels = get(redis, "spec.template.metadata.labels")
+        .as_mapping()
+        .unwrap();
+    for (k, v) in get(np, "spec.podSelector.matchLabels")
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(
+            redis_labels.get(k),
+            Some(v),
+            "{dir}: the policy selects no Redis pod"
+        );
+    }
+    assert_eq!(get(np, "spec.policyTypes.0"), "Ingress", "{dir}");
+    let ingress = get(np, "spec.ingress").as_sequence().unwrap();
+    assert_eq!(ingress.len(), 1, "{dir}: one rule");
+    let from = ingress[0]["from"].as_sequence().unwrap();
+    assert_eq!(from.len(), 1, "{dir}: one source");
+    assert!(from[0].get("namespaceSelector").is_none() && from[0].get("ipBlock").is_none());
+    let gw_labels = get(gateway, "spec.template.metadata.labels")
+        .as_mapping()
+        .unwrap();
+    let sel = from[0]["podSelector"]["matchLabels"].as_mapping().unwrap();
+    assert!(!sel.is_empty(), "{dir}: an empty selector admits every pod");
+    for (k, v) in sel {
+        assert_eq!(
+            gw_labels.get(k),
+            Some(v),
+            "{dir}: the policy admits no gateway pod"
+        );
+    }
+    assert_eq!(ingress[0]["ports"][0]["port"].as_u64(), Some(6379), "{dir}");
 }
 
 #[test]
@@ -1323,6 +1426,8 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
             "admin",
             "admin_token_file",
             "decision_header",
+            "listen_proxy_protocol",
+            "tracing",
             "limits",
             "pins",
             "clusters",

@@ -32,12 +32,16 @@ mod proxy_protocol;
 mod reload;
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
 mod routing;
+/// W3C trace context through the gateway and OTLP/HTTP span export (spec §13).
+mod trace_context;
 
 /// Several replicas on one Redis: shared pins, rollouts, first writer wins, outages, restarts.
 mod replicas;
 /// Spec §10 under faults: health checks, outlier ejection, fallback, pinned turns, max_inflight,
 /// max_connections, timeouts and retries (issue 9, acceptance 1).
 mod resilience;
+/// `redis+sentinel://`: a failover under load against real Sentinels (spec §13).
+mod sentinel;
 
 /// Faults of the gateway's own making: kill -9 with pins, its own descriptor shortage, a blocked
 /// log pipe at exit, error answers with the decision header, a Redis restart (issue 15).

@@ -348,3 +348,46 @@ async fn dialog_listener_requires_client_certificates_with_client_ca() {
     assert_eq!(r, Ok(200));
     assert_eq!(up.count(), 1);
 }
+
+/// `graygate call` over https:// (the gateway's TLS listener, verified with `--ca`), and a
+/// refusal when the certificate cannot be verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graygate_call_over_https() {
+    let pki = Pki::new("gw");
+    let server = pki.issue("gateway", &["127.0.0.1"], false);
+    let yaml = format!(
+        "tls: {{ cert: {}, key: {} }}\nclusters:\n  stable:\n    embedded: {{ label: stable }}\ndefault: stable\n",
+        p(&server.cert_file),
+        p(&server.key_file),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let url = format!("https://127.0.0.1:{}", gw.dialog.port());
+    let run = |extra: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args: Vec<String> = [
+                "call", "--url", &url, "--vdn", "101", "--input", "1", "--input", "2",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(extra);
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_graygate"))
+                .args(args)
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).to_string()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        })
+    };
+    let (code, out) = run(vec!["--ca".into(), p(&pki.ca_file())]).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("[instance stable]"), "{out}");
+    assert!(out.contains("outaction 10"), "{out}");
+    // The system's roots do not know the test CA: refused, not sent in the clear.
+    let (code, out) = run(vec![]).await.unwrap();
+    assert_eq!(code, 1, "{out}");
+}

@@ -69,6 +69,15 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1), one or more spaces follow it.
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
+}
+
 impl Admin {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<AdminBody> {
         let path = req.uri().path().to_string();
@@ -80,6 +89,10 @@ impl Admin {
                     "text/plain; version=0.0.4",
                     self.metrics.encode(),
                 )
+            }
+            // HEAD: the headers of GET without the body (and without encoding it).
+            (&Method::HEAD, "/metrics") => {
+                return respond(StatusCode::OK, "text/plain; version=0.0.4", "")
             }
             (&Method::GET, "/healthz") => return respond(StatusCode::OK, "text/plain", "ok\n"),
             (&Method::GET, "/readyz") => {
@@ -113,7 +126,7 @@ impl Admin {
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+                .and_then(bearer_token);
             if !presented.is_some_and(|p| ct_eq(p.trim().as_bytes(), token.as_bytes())) {
                 let mut r = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
                 r.headers_mut()

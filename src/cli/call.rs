@@ -33,7 +33,8 @@ const MAX_TURNS: usize = 200;
 
 #[derive(Debug, Clone, Args)]
 pub struct CallArgs {
-    /// Base URL of the gateway or ODFS (http only).
+    /// Base URL of the gateway or ODFS: http:// or https:// (verified against the system's
+    /// roots, or `--ca`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// VDN id: use the V2 path `/oifde/rest/v2/crs/process/{vdn}`; V1 when left out.
@@ -63,6 +64,10 @@ pub struct CallArgs {
     /// Send inaction 7 (packet capture) before inaction 8.
     #[arg(long)]
     pub capture: bool,
+    /// A PEM file of CA certificates to verify an https:// server with, instead of the
+    /// system's roots.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
     /// Time limit of each request.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -101,8 +106,10 @@ fn number(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 struct Session {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     base: String,
     dialog_path: String,
     userid: String,
@@ -111,11 +118,47 @@ struct Session {
     turn: usize,
 }
 
+/// http and https (HTTP/1.1), verified with `ca` or the system's roots.
+fn connector(ca: Option<&std::path::Path>) -> anyhow::Result<Connector> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(file) => {
+            for c in crate::tlsfiles::read_certs(&file.display().to_string())
+                .map_err(anyhow::Error::msg)?
+            {
+                roots
+                    .add(c)
+                    .with_context(|| format!("--ca {}", file.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS setup")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 pub fn run(_common: &Common, args: CallArgs) -> anyhow::Result<ExitCode> {
     let base = args.url.trim_end_matches('/').to_string();
-    if !base.starts_with("http://") {
-        bail!("--url must be an http:// URL (got {base})");
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        bail!("--url must be an http:// or https:// URL (got {base})");
     }
+    let connector = connector(args.ca.as_deref())?;
     base.parse::<http::Uri>()
         .with_context(|| format!("--url {base}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -134,7 +177,7 @@ pub fn run(_common: &Common, args: CallArgs) -> anyhow::Result<ExitCode> {
             Some(v) => format!("{V2_PREFIX}{v}"),
             None => V1_PATH.to_string(),
         };
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         let mut s = Session {
             client,
             base,

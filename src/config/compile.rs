@@ -337,6 +337,11 @@ pub fn compile(
         ctx.err("default", format!("the default cluster `{}` is draining; point `default` at a cluster that takes new calls", default_name));
     }
 
+    let otlp = compile_otlp(
+        &mut ctx,
+        rf.tracing.as_ref().and_then(|t| t.otlp.as_deref()),
+    );
+
     if !ctx.errors.is_empty() {
         return Err(ctx.errors.sorted());
     }
@@ -354,6 +359,7 @@ pub fn compile(
         admin_token,
         decision_header,
         listen_proxy_protocol,
+        otlp,
         limits,
         pins,
         store,
@@ -460,6 +466,25 @@ fn compile_limits(ctx: &mut Ctx, l: Option<&raw::RawLimits>) -> Limits {
     }
 }
 
+/// `tracing.otlp`: an `http://host:port` collector (OTLP/HTTP posts to `/v1/traces`).
+fn compile_otlp(ctx: &mut Ctx, url: Option<&str>) -> Option<http::Uri> {
+    let url = url?;
+    match url.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => Some(u),
+        Ok(_) => {
+            ctx.err(
+                "tracing.otlp",
+                format!("`{url}`: use an http://host:port URL of an OTLP/HTTP collector"),
+            );
+            None
+        }
+        Err(e) => {
+            ctx.err("tracing.otlp", format!("`{url}`: {e}"));
+            None
+        }
+    }
+}
+
 fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpec) {
     let d = PinPolicy::default();
     let Some(p) = p else {
@@ -485,7 +510,19 @@ fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpe
         "memory" => StoreSpec::Memory {
             snapshot: p.snapshot.as_ref().map(|s| ctx.resolve(s)),
         },
-        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+        url if url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with(crate::pins::redis::SENTINEL_SCHEME) =>
+        {
+            if let Some(Err(e)) = url
+                .starts_with(crate::pins::redis::SENTINEL_SCHEME)
+                .then(|| crate::pins::redis::parse_sentinel_url(url))
+            {
+                ctx.err(
+                    "pins.store",
+                    format!("`{}`: {e}", crate::pins::redis::masked_url(url)),
+                );
+            }
             if p.snapshot.is_some() {
                 ctx.err("pins.snapshot", "`snapshot` applies to the memory store only (with Redis, pins survive restarts)");
             }
@@ -506,7 +543,7 @@ fn compile_pins(ctx: &mut Ctx, p: Option<&raw::RawPins>) -> (PinPolicy, StoreSpe
         other => {
             ctx.err(
                 "pins.store",
-                format!("`{other}`: use `memory` or a redis://host:port/db URL"),
+                format!("`{other}`: use `memory`, a redis://host:port/db URL or redis+sentinel://host:port,host:port/MASTER_NAME/DB"),
             );
             StoreSpec::Memory { snapshot: None }
         }

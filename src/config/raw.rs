@@ -33,6 +33,8 @@ pub struct RoutesFile {
     pub decision_header: Option<Checked<bool>>,
     /// True: every dialog connection starts with a PROXY protocol v1/v2 header (spec §13).
     pub listen_proxy_protocol: Option<Checked<bool>>,
+    /// Trace export (spec §13).
+    pub tracing: Option<RawTracing>,
     pub limits: Option<RawLimits>,
     pub pins: Option<RawPins>,
     /// Named ODFS clusters.
@@ -55,6 +57,13 @@ pub struct RawListenerTls {
     pub key: Option<String>,
     /// A CA file: clients must present a certificate it signed (mTLS).
     pub client_ca: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawTracing {
+    /// An OTLP/HTTP collector, e.g. `http://collector:4318`: one span per turn is exported.
+    pub otlp: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -87,7 +96,8 @@ pub struct RawLimits {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RawPins {
-    /// `memory`, or `redis://host:port/db` (also `rediss://`).
+    /// `memory`, `redis://host:port/db` (also `rediss://`), or
+    /// `redis+sentinel://[password@]host:port,host:port/MASTER_NAME/DB`.
     pub store: Option<String>,
     #[schemars(with = "Option<String>")]
     pub idle_ttl: Option<Checked<HumanDuration>>,

@@ -295,6 +295,9 @@ fn restart_keys(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.listen_proxy_protocol != new.listen_proxy_protocol {
         v.push("listen_proxy_protocol".to_string());
     }
+    if old.otlp != new.otlp {
+        v.push("tracing.otlp".to_string());
+    }
     let (o, n) = (&old.limits, &new.limits);
     if o.max_connections != n.max_connections
         || o.header_read_timeout != n.header_read_timeout

@@ -34,6 +34,20 @@
 //! re-seed is skipped when Redis's `run_id` is the one seen before the outage (the same process
 //! kept its data: a network blip or a slow moment, not a restart).
 //!
+//! # Sentinel (`redis+sentinel://`)
+//!
+//! `redis+sentinel://[password@]host1:port1,host2:port2/MASTER_NAME/DB` names Sentinels instead
+//! of a server (spec §13). The store starts degraded; the keeper asks every Sentinel at once
+//! (`SENTINEL get-master-addr-by-name`, each bounded by [`SENTINEL_TIMEOUT`]), takes the first
+//! answer whose server says `ROLE` master, and connects there; that is the same path as the
+//! recovery above, so pins queued meanwhile are written and the local table re-seeded (SET NX)
+//! before the store is `ok`. While the store is ok the keeper asks again every
+//! [`SENTINEL_EVERY`]; a different master (a failover) degrades the store and the same path
+//! moves it to the new master. A `READONLY` answer (the old master came back as a replica) and
+//! any connection error degrade it too. While no Sentinel answers, or the one named is not
+//! master yet, turns are served from the local table as in any outage. The password is the data
+//! servers'; the Sentinels are asked without one.
+//!
 //! # Metrics
 //!
 //! The local table runs with a detached registry; the keeper sets `graygate_pins{cluster}` from
@@ -48,10 +62,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use compact_str::CompactString;
 use prometheus::{Histogram, IntCounter};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, RedisResult, Script};
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo,
+    RedisConnectionInfo, RedisError, RedisResult, Script, ServerErrorKind,
+};
 use tokio::time::Instant;
 
 use super::memory::MemoryStore;
@@ -71,6 +89,12 @@ const TICK: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Names longer than this in a Redis value are not interned (the value is unreadable).
 const MAX_NAME: usize = 256;
+/// One Sentinel question (connect and answer), and the master's `ROLE` check.
+pub const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a healthy store asks the Sentinels whether the master is still the same.
+pub const SENTINEL_EVERY: Duration = Duration::from_secs(1);
+/// Sentinels in one URL, at most.
+const MAX_SENTINELS: usize = 16;
 
 /// Read a pin and refresh its lifetime, unless it is ending. Returns `{value, pttl_ms}` or nil.
 pub const GET_LUA: &str = r"
@@ -187,6 +211,211 @@ pub fn masked_url(url: &str) -> String {
     }
 }
 
+// === Sentinel ===
+
+/// A parsed `redis+sentinel://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelSpec {
+    pub password: Option<String>,
+    pub sentinels: Vec<(String, u16)>,
+    pub master: String,
+    pub db: i64,
+}
+
+pub const SENTINEL_SCHEME: &str = "redis+sentinel://";
+
+/// Parse `redis+sentinel://[password@]host1:port1,host2:port2/MASTER_NAME/DB` (`/DB` optional,
+/// default 0; a port may be left out for 26379).
+pub fn parse_sentinel_url(url: &str) -> Result<SentinelSpec, String> {
+    let rest = url
+        .strip_prefix(SENTINEL_SCHEME)
+        .ok_or_else(|| format!("not a {SENTINEL_SCHEME} URL"))?;
+    let (hosts_part, path) = rest
+        .split_once('/')
+        .ok_or("no master name: write redis+sentinel://host:port,host:port/MASTER_NAME/DB")?;
+    let (password, hosts) = match hosts_part.rsplit_once('@') {
+        Some((pw, hosts)) => {
+            // `:password@` and `user:password@` are read as the password alone.
+            let pw = pw.rsplit_once(':').map_or(pw, |(_, p)| p);
+            let pw = percent_decode(pw).ok_or("the password has a bad %-escape")?;
+            (Some(pw).filter(|p| !p.is_empty()), hosts)
+        }
+        None => (None, hosts_part),
+    };
+    let mut sentinels = Vec::new();
+    for h in hosts.split(',') {
+        let h = h.trim();
+        if h.is_empty() {
+            return Err("an empty Sentinel address".into());
+        }
+        let (host, port) = match h.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || h.starts_with('[') => {
+                let port: u16 = port
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("`{h}`: the port must be 1-65535"))?;
+                (host, port)
+            }
+            _ => (h, 26379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("`{h}`: no host"));
+        }
+        sentinels.push((host.to_string(), port));
+    }
+    if sentinels.len() > MAX_SENTINELS {
+        return Err(format!("at most {MAX_SENTINELS} Sentinels"));
+    }
+    let mut segs = path.split('/');
+    let master = segs.next().unwrap_or_default();
+    if master.is_empty() {
+        return Err(
+            "no master name: write redis+sentinel://host:port,host:port/MASTER_NAME/DB".into(),
+        );
+    }
+    let db = match segs.next() {
+        None | Some("") => 0,
+        Some(d) => d
+            .parse::<i64>()
+            .ok()
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| format!("`{d}`: the database must be a number"))?,
+    };
+    if segs.next().is_some_and(|s| !s.is_empty()) {
+        return Err("more path than /MASTER_NAME/DB".into());
+    }
+    Ok(SentinelSpec {
+        password,
+        sentinels,
+        master: master.to_string(),
+        db,
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Ask one Sentinel where the master is.
+async fn ask_sentinel(host: &str, port: u16, master: &str) -> Result<(String, u16), String> {
+    let info = ConnectionAddr::Tcp(host.to_string(), port)
+        .into_connection_info()
+        .map_err(|e| e.to_string())?;
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(SENTINEL_TIMEOUT))
+        .set_response_timeout(Some(SENTINEL_TIMEOUT));
+    let ask = async {
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        addr.ok_or_else(|| format!("does not know a master `{master}`"))
+    };
+    tokio::time::timeout(SENTINEL_TIMEOUT * 2, ask)
+        .await
+        .unwrap_or_else(|_| Err("no answer".into()))
+        .map_err(|e| format!("sentinel {host}:{port}: {e}"))
+}
+
+/// The connection info of a data server.
+fn server_info(
+    host: &str,
+    port: u16,
+    spec: &SentinelSpec,
+    password: Option<&str>,
+) -> Result<ConnectionInfo, String> {
+    let mut redis = RedisConnectionInfo::default().set_db(spec.db);
+    if let Some(pw) = spec.password.as_deref().or(password) {
+        redis = redis.set_password(pw);
+    }
+    ConnectionAddr::Tcp(host.to_string(), port)
+        .into_connection_info()
+        .map(|info| info.set_redis_settings(redis))
+        .map_err(|e| e.to_string())
+}
+
+/// Does the server at `info` say it is the master?
+async fn is_master(info: ConnectionInfo) -> Result<bool, String> {
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(SENTINEL_TIMEOUT))
+        .set_response_timeout(Some(SENTINEL_TIMEOUT));
+    let check = async {
+        let mut c = client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        let role: redis::Value = redis::cmd("ROLE")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(match role {
+            redis::Value::Array(v) => matches!(
+                v.first(),
+                Some(redis::Value::BulkString(b)) if b.as_slice() == b"master"
+            ),
+            _ => false,
+        })
+    };
+    tokio::time::timeout(SENTINEL_TIMEOUT * 2, check)
+        .await
+        .unwrap_or_else(|_| Err("no answer".into()))
+}
+
+/// Where the master is now: every Sentinel is asked at once, the first answer that names a
+/// server saying `ROLE` master wins.
+pub async fn find_master(
+    spec: &SentinelSpec,
+    password: Option<&str>,
+) -> Result<(String, u16), String> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut asks: FuturesUnordered<_> = spec
+        .sentinels
+        .iter()
+        .map(|(h, p)| ask_sentinel(h, *p, &spec.master))
+        .collect();
+    let mut errors = Vec::new();
+    let mut tried = HashSet::new();
+    while let Some(answer) = asks.next().await {
+        match answer {
+            Ok(addr) => {
+                if !tried.insert(addr.clone()) {
+                    continue;
+                }
+                match is_master(server_info(&addr.0, addr.1, spec, password)?).await {
+                    Ok(true) => return Ok(addr),
+                    Ok(false) => errors.push(format!("{}:{} is not master (yet)", addr.0, addr.1)),
+                    Err(e) => errors.push(format!("master {}:{}: {e}", addr.0, addr.1)),
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors.join("; "))
+}
+
 // === the store ===
 
 /// A pin change that could not reach Redis yet.
@@ -234,6 +463,42 @@ fn is_stale_connection(e: &RedisError) -> bool {
     e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
+/// A `READONLY` answer: the server is a replica now.
+fn is_read_only(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+}
+
+/// A connection manager that connects on first use and reconnects by itself.
+fn connect_lazy(info: ConnectionInfo, timeout: Duration) -> Result<ConnectionManager, String> {
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1).max(timeout)))
+        .set_response_timeout(None)
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(20))
+        .set_max_delay(Duration::from_millis(200));
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())
+}
+
+/// The Redis password from the environment, for a `pins.store` URL without one (so that it
+/// can come from a Kubernetes Secret and never sit in the ConfigMap): the file named by
+/// `GRAYGATE_REDIS_PASSWORD_FILE` (trailing newline dropped), else `GRAYGATE_REDIS_PASSWORD`.
+pub fn password_from_env() -> Result<Option<String>, String> {
+    if let Some(file) = std::env::var_os("GRAYGATE_REDIS_PASSWORD_FILE") {
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            format!(
+                "GRAYGATE_REDIS_PASSWORD_FILE `{}`: {e}",
+                std::path::Path::new(&file).display()
+            )
+        })?;
+        let pw = text.trim_end_matches(['\r', '\n']);
+        return Ok(Some(pw.to_string()).filter(|p| !p.is_empty()));
+    }
+    Ok(std::env::var("GRAYGATE_REDIS_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty()))
+}
+
 /// The four `op` labels of spec §6, with their handles resolved once.
 struct Op {
     label: &'static str,
@@ -265,7 +530,14 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    /// The connection to the Redis server (with Sentinel: the master's). `None` only before
+    /// the Sentinels first named a master, while the store is degraded.
+    conn: ArcSwapOption<ConnectionManager>,
+    /// `redis+sentinel://`: where to ask for the master, and the master in use.
+    sentinel: Option<SentinelSpec>,
+    master: Mutex<Option<(String, u16)>>,
+    /// A password from the environment, for URLs without one.
+    password: Option<String>,
     url: String,
     prefix: String,
     timeout: Duration,
@@ -293,25 +565,34 @@ struct Inner {
 impl RedisStore {
     /// Set up the client; no connection is made here (it is made on first use and kept), so a
     /// gateway starts even while Redis is away. Fails only on a URL the client cannot use.
+    ///
+    /// `password`: used when the URL has none (the gateway reads it from the environment, see
+    /// [`password_from_env`]).
     pub fn new(
         url: &str,
         key_prefix: &str,
         timeout: Duration,
         metrics: Metrics,
+        password: Option<String>,
     ) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url)
-            .map_err(|e| format!("pins.store `{}`: {e}", masked_url(url)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1).max(timeout)))
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("pins.store `{}`: {e}", masked_url(url)))?;
+        let bad = |e: String| format!("pins.store `{}`: {e}", masked_url(url));
+        let (conn, sentinel) = if url.starts_with(SENTINEL_SCHEME) {
+            (None, Some(parse_sentinel_url(url).map_err(bad)?))
+        } else {
+            let mut info = url.into_connection_info().map_err(|e| bad(e.to_string()))?;
+            if let (None, Some(pw)) = (info.redis_settings().password(), password.as_deref()) {
+                let settings = info.redis_settings().clone().set_password(pw);
+                info = info.set_redis_settings(settings);
+            }
+            (Some(connect_lazy(info, timeout).map_err(bad)?), None)
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                conn,
+                healthy: AtomicBool::new(sentinel.is_none()),
+                conn: ArcSwapOption::from_pointee(conn),
+                sentinel,
+                master: Mutex::new(None),
+                password,
                 url: masked_url(url),
                 prefix: key_prefix.to_string(),
                 timeout,
@@ -323,7 +604,6 @@ impl RedisStore {
                 metrics,
                 get_script: Script::new(GET_LUA),
                 end_script: Script::new(END_LUA),
-                healthy: AtomicBool::new(true),
                 health: Mutex::new(Health::default()),
                 pending: Mutex::new(HashMap::default()),
                 dropped: AtomicU64::new(0),
@@ -331,6 +611,11 @@ impl RedisStore {
                 run_id: Mutex::new(None),
             }),
         })
+    }
+
+    /// The connection in use (a cheap clone), if there is one yet.
+    fn conn(&self) -> Option<ConnectionManager> {
+        self.inner.conn.load().as_deref().cloned()
     }
 
     fn key(&self, userid: &str) -> String {
@@ -368,6 +653,9 @@ impl RedisStore {
             "kind": "redis",
             "state": if self.is_healthy() { "ok" } else { "degraded" },
             "url": self.inner.url,
+            "master": self.inner.sentinel.as_ref().map(|_| {
+                self.master_addr().map(|(h, p)| format!("{h}:{p}"))
+            }),
             "key_prefix": self.inner.prefix,
             "timeout_ms": self.inner.timeout.as_millis() as u64,
             "local_pins": self.inner.local.len(),
@@ -393,12 +681,14 @@ impl RedisStore {
         S: FnMut(ConnectionManager) -> F + Send,
         F: Future<Output = RedisResult<T>> + Send,
     {
-        if !self.is_healthy() {
-            op.errors.inc();
-            return Err(());
-        }
+        let conn = match self.conn() {
+            Some(c) if self.is_healthy() => c,
+            _ => {
+                op.errors.inc();
+                return Err(());
+            }
+        };
         let start = Instant::now();
-        let conn = self.inner.conn.clone();
         let attempt = async {
             match send(conn.clone()).await {
                 Err(e) if is_stale_connection(&e) => {
@@ -429,7 +719,7 @@ impl RedisStore {
     }
 
     fn failed(&self, op: &str, e: &RedisError) {
-        if is_connection_error(e) {
+        if is_connection_error(e) || (self.inner.sentinel.is_some() && is_read_only(e)) {
             self.degrade(format!("{op}: {e}"));
         } else {
             // An answer, but an error one (e.g. a wrong type at the key): this turn uses the
@@ -529,6 +819,60 @@ impl RedisStore {
             .inc();
     }
 
+    // === Sentinel ===
+
+    /// The master in use (Sentinel mode).
+    fn master_addr(&self) -> Option<(String, u16)> {
+        self.inner
+            .master
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Ask the Sentinels for the master and connect there if it is not the one in use.
+    async fn follow_master(&self) -> Result<(), String> {
+        let Some(spec) = &self.inner.sentinel else {
+            return Ok(());
+        };
+        let addr = find_master(spec, self.inner.password.as_deref()).await?;
+        if self.master_addr().as_ref() == Some(&addr) && self.conn().is_some() {
+            return Ok(());
+        }
+        let info = server_info(&addr.0, addr.1, spec, self.inner.password.as_deref())?;
+        let conn = connect_lazy(info, self.inner.timeout)?;
+        tracing::info!(master = %format!("{}:{}", addr.0, addr.1), name = %spec.master, "redis pin store: following the master the Sentinels name");
+        self.inner.conn.store(Some(Arc::new(conn)));
+        *self.inner.master.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+        Ok(())
+    }
+
+    /// While healthy: a Sentinel naming another master means a failover; degrade, and the
+    /// keeper's recovery moves to it. Sentinels that do not answer change nothing.
+    async fn check_master(&self) {
+        let Some(spec) = &self.inner.sentinel else {
+            return;
+        };
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let mut asks: FuturesUnordered<_> = spec
+            .sentinels
+            .iter()
+            .map(|(h, p)| ask_sentinel(h, *p, &spec.master))
+            .collect();
+        let current = self.master_addr();
+        while let Some(answer) = asks.next().await {
+            if let Ok(addr) = answer {
+                if current.as_ref() != Some(&addr) {
+                    self.degrade(format!(
+                        "the Sentinels name a new master {}:{}",
+                        addr.0, addr.1
+                    ));
+                }
+                return;
+            }
+        }
+    }
+
     // === the keeper ===
 
     /// Start the background task: local expiry and the `graygate_pins` gauge every
@@ -543,6 +887,7 @@ impl RedisStore {
             let mut next_probe = Instant::now();
             let mut backoff = TICK;
             let mut asked_run_id = false;
+            let mut next_sentinel_check = Instant::now() + SENTINEL_EVERY;
             loop {
                 tick.tick().await;
                 let now = Instant::now();
@@ -550,6 +895,13 @@ impl RedisStore {
                     store.inner.local.sweep();
                     store.set_gauge();
                     next_sweep = now + sweep_every;
+                }
+                if store.is_healthy()
+                    && store.inner.sentinel.is_some()
+                    && now >= next_sentinel_check
+                {
+                    next_sentinel_check = now + SENTINEL_EVERY;
+                    store.check_master().await;
                 }
                 if store.is_healthy() {
                     backoff = TICK;
@@ -622,7 +974,7 @@ impl RedisStore {
 
     /// The server's `run_id` from `INFO server` (`None` when INFO is not allowed or late).
     async fn fetch_run_id(&self) -> Option<String> {
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.conn()?;
         let mut cmd = redis::cmd("INFO");
         cmd.arg("server");
         let info = tokio::time::timeout(self.batch_timeout(), cmd.query_async::<String>(&mut conn))
@@ -637,7 +989,10 @@ impl RedisStore {
     /// Probe, write the queue, and re-seed every live local pin unless Redis is the same
     /// process as before the outage (it kept its data); the number re-seeded.
     async fn restore(&self) -> Result<usize, String> {
-        let mut conn = self.inner.conn.clone();
+        if self.inner.sentinel.is_some() {
+            self.follow_master().await?;
+        }
+        let mut conn = self.conn().ok_or("no server to connect to yet")?;
         let ping = redis::cmd("PING");
         match tokio::time::timeout(self.batch_timeout(), ping.query_async::<String>(&mut conn))
             .await
@@ -750,7 +1105,12 @@ impl RedisStore {
     }
 
     async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<(), PipeError> {
-        let mut conn = self.inner.conn.clone();
+        let Some(mut conn) = self.conn() else {
+            return Err(PipeError {
+                connection: true,
+                message: "write-back: no server to connect to yet".into(),
+            });
+        };
         match tokio::time::timeout(self.batch_timeout(), pipe.exec_async(&mut conn)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(PipeError {
@@ -981,6 +1341,41 @@ mod tests {
         assert_eq!(
             Pending::End { grace_ms: 5 }.then(Pending::Release),
             Pending::Release
+        );
+    }
+
+    #[test]
+    fn sentinel_urls_parse() {
+        let s = parse_sentinel_url("redis+sentinel://pw@10.0.0.1:26379,10.0.0.2:26380/mymaster/2")
+            .unwrap();
+        assert_eq!(s.password.as_deref(), Some("pw"));
+        assert_eq!(
+            s.sentinels,
+            vec![("10.0.0.1".into(), 26379), ("10.0.0.2".into(), 26380)]
+        );
+        assert_eq!((s.master.as_str(), s.db), ("mymaster", 2));
+        let s = parse_sentinel_url("redis+sentinel://:p%40ss@sentinel-a,[::1]:5000/m").unwrap();
+        assert_eq!(s.password.as_deref(), Some("p@ss"));
+        assert_eq!(
+            s.sentinels,
+            vec![("sentinel-a".into(), 26379), ("::1".into(), 5000)]
+        );
+        assert_eq!(s.db, 0);
+        for bad in [
+            "redis+sentinel://10.0.0.1:26379",
+            "redis+sentinel://10.0.0.1:26379/",
+            "redis+sentinel://10.0.0.1:0/m",
+            "redis+sentinel://10.0.0.1:x/m",
+            "redis+sentinel://10.0.0.1,,10.0.0.2/m",
+            "redis+sentinel://10.0.0.1/m/x",
+            "redis+sentinel://10.0.0.1/m/0/extra",
+            "redis+sentinel://p%zz@10.0.0.1/m",
+        ] {
+            assert!(parse_sentinel_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            masked_url("redis+sentinel://pw@h1:1,h2:2/m/0"),
+            "redis+sentinel://***@h1:1,h2:2/m/0"
         );
     }
 

@@ -119,6 +119,8 @@ pub struct HyperAttempt<'a> {
     pub body: Option<OutBody>,
     pub peer: Peer,
     pub request_id: &'a str,
+    /// The turn's trace context: the upstream gets its `traceparent` (spec §13).
+    pub trace: Option<crate::trace::TraceContext>,
     /// Built once and moved into the first attempt; a retry (rare: the first endpoint was never
     /// reached) builds them again rather than every turn paying for a copy.
     headers: Option<HeaderMap>,
@@ -137,6 +139,7 @@ impl<'a> HyperAttempt<'a> {
             body: Some(body),
             peer,
             request_id,
+            trace: None,
         }
     }
 }
@@ -197,6 +200,9 @@ impl Attempt for HyperAttempt<'_> {
             .headers
             .take()
             .unwrap_or_else(|| upstream_headers(&self.parts.headers, self.peer, self.request_id));
+        if let Some(t) = &self.trace {
+            t.apply(req.headers_mut());
+        }
         if !req.headers().contains_key(header::HOST) {
             if let Some(a) = &endpoint.authority {
                 if let Ok(v) = HeaderValue::from_str(a.as_str()) {

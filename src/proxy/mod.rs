@@ -66,6 +66,8 @@ pub struct Proxy {
     pub metrics: Metrics,
     request_seq: AtomicU64,
     instance: u32,
+    /// `tracing.otlp`: where each turn's span goes.
+    pub(crate) spans: Option<crate::trace::otlp::Exporter>,
 }
 
 /// Facts about the client connection the service needs.
@@ -76,7 +78,13 @@ pub struct Peer {
 }
 
 impl Proxy {
-    pub fn new(live: Live, upstreams: Arc<Upstreams>, pins: Store, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        live: Live,
+        upstreams: Arc<Upstreams>,
+        pins: Store,
+        metrics: Metrics,
+        spans: Option<crate::trace::otlp::Exporter>,
+    ) -> Arc<Self> {
         let instance = (crate::clock::wall_ms() as u32) ^ std::process::id().rotate_left(16);
         Arc::new(Proxy {
             live,
@@ -85,6 +93,7 @@ impl Proxy {
             metrics,
             request_seq: AtomicU64::new(0),
             instance,
+            spans,
         })
     }
 
@@ -112,6 +121,7 @@ impl Proxy {
             .get(&forward::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok());
         let mut t = TurnCtx::begin(self, peer, req.method().clone(), req.uri().path(), theirs);
+        t.trace_from(req.headers());
         let mut resp = match crate::admission::check(req.method(), req.version(), req.headers()) {
             Err(e) => Err(e),
             Ok(()) => route(&mut t, req).await,
@@ -174,6 +184,7 @@ async fn other(
     let (body, over) = Capped::new(body, cap);
     let request_id = t.rec.request_id.clone();
     let mut attempt = HyperAttempt::new(&parts, OutBody::Stream(body), t.peer, &request_id);
+    attempt.trace = t.rec.trace;
     match t.forward(&mut attempt).await {
         Ok(answer) => Ok(answer.map(GatewayBody::Stream)),
         // The body outgrew the cap on its way: the upstream request was aborted.
@@ -209,6 +220,7 @@ async fn dialog(
     t.locate(&parts.headers).await?;
     let request_id = t.rec.request_id.clone();
     let mut attempt = HyperAttempt::new(&parts, OutBody::Full(bytes), t.peer, &request_id);
+    attempt.trace = t.rec.trace;
     let answer = t.forward(&mut attempt).await?;
     drop(attempt);
     let status = answer.status().as_u16();

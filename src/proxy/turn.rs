@@ -130,6 +130,15 @@ impl<'p> TurnCtx<'p> {
         }
     }
 
+    /// Runs with `begin`, on the request's headers: the turn's place in a trace (spec §13),
+    /// continued from a valid `traceparent` or new.
+    pub fn trace_from(&mut self, headers: &http::HeaderMap) {
+        self.rec.trace = Some(crate::trace::TraceContext::from_headers(
+            headers,
+            self.proxy.spans.is_some(),
+        ));
+    }
+
     /// Runs on a dialog turn once its whole body is at hand. Leaves the probed [`Turn`] and,
     /// in the record, the vdn, the userid and the inaction (the userid also when the body is
     /// refused, if one could be read, for the error answer).
@@ -406,6 +415,9 @@ impl<'p> TurnCtx<'p> {
         self.rec.status = status;
         self.rec.total = self.start.elapsed();
         self.proxy.metrics.observe(&self.rec);
+        if let (Some(spans), Some(ctx)) = (&self.proxy.spans, self.rec.trace) {
+            spans.record(span_of(&self.rec, ctx));
+        }
         crate::telemetry::access_log(&self.rec);
     }
 }
@@ -511,5 +523,26 @@ pub fn to_gateway(e: UpstreamError) -> GatewayError {
             GatewayError::Upstream(e.to_string())
         }
         UpstreamError::Local { .. } => GatewayError::LocalResources(e.to_string()),
+    }
+}
+
+/// The exported span of a finished turn (`rec.total` is its duration, ending now); no userid.
+fn span_of(rec: &TurnRecord, ctx: crate::trace::TraceContext) -> crate::trace::otlp::SpanRecord {
+    let (start_unix_ns, end_unix_ns) = crate::trace::otlp::ending_now(rec.total);
+    crate::trace::otlp::SpanRecord {
+        ctx,
+        start_unix_ns,
+        end_unix_ns,
+        method: rec.method.clone(),
+        path: rec.path.clone(),
+        vdn: rec.vdn,
+        rule: rec.rule.clone(),
+        cluster: rec.cluster.clone(),
+        endpoint: rec.endpoint.clone(),
+        pin: rec.pin,
+        inaction: rec.inaction.map(|i| i.0),
+        outaction: rec.outaction.map(|o| o.0),
+        status: rec.status,
+        error_code: rec.error_code,
     }
 }
