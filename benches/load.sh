@@ -13,6 +13,10 @@
 #   SNAPSHOT=both SNAPSHOT_SEED=5s ONLY=graygate benches/load.sh
 #                                         # ... with both tables first filled with live pins
 #                                         # (new calls that never end) for that long
+#   TRACE=both benches/load.sh            # issue 18: a second graygate (memory store) exporting
+#                                         # one span per turn (tracing.otlp) to a stub collector
+#                                         # (nginx answering 200 on :18088) as one more target;
+#                                         # prints the per-turn cost from same-round ratios
 #
 # What it does, all on loopback and bounded in time:
 #   1. builds graygate in release mode (NO_BUILD=1 skips it);
@@ -50,7 +54,12 @@ SNAPSHOT="${SNAPSHOT:-off}"          # off | both
 SNAPSHOT_SEED="${SNAPSHOT_SEED:-}"   # e.g. 5s: fill both tables with live pins first
 GGS_PORT=18087                     # SNAPSHOT=both: the graygate with pins.snapshot
 GGS_ADMIN=19092
-PORTS=(18080 18081 18082 18084 18085 "$GG_PORT" "$GG_ADMIN" "$GGR_PORT" "$GGR_ADMIN" "$GGS_PORT" "$GGS_ADMIN")
+TRACE="${TRACE:-off}"                # off | both
+GGT_PORT=18089                     # TRACE=both: the graygate exporting spans
+GGT_ADMIN=19093
+OTLP_PORT=18088                    # TRACE=both: the stub collector
+PORTS=(18080 18081 18082 18084 18085 "$GG_PORT" "$GG_ADMIN" "$GGR_PORT" "$GGR_ADMIN" "$GGS_PORT" "$GGS_ADMIN"
+       "$GGT_PORT" "$GGT_ADMIN" "$OTLP_PORT")
 
 # --- what is missing ----------------------------------------------------------------------
 missing=()
@@ -89,15 +98,17 @@ RUN="$(mktemp -d /tmp/graygate-load.XXXXXX)"
 GG_PID=""
 GGR_PID=""
 GGS_PID=""
+GGT_PID=""
 REDIS_PID=""
 cleanup() {
   set +e
   [ -n "$GGS_PID" ] && kill -TERM "$GGS_PID" 2>/dev/null && wait "$GGS_PID" 2>/dev/null
+  [ -n "$GGT_PID" ] && kill -TERM "$GGT_PID" 2>/dev/null && wait "$GGT_PID" 2>/dev/null
   [ -n "$GG_PID" ] && kill -TERM "$GG_PID" 2>/dev/null && wait "$GG_PID" 2>/dev/null
   [ -n "$GGR_PID" ] && kill -TERM "$GGR_PID" 2>/dev/null && wait "$GGR_PID" 2>/dev/null
   [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null
   for f in "$RUN"/nginx-echo/nginx.pid "$RUN"/nginx-proxy/nginx.pid \
-           "$RUN"/haproxy/haproxy.pid "$RUN"/haproxy-gray/haproxy.pid; do
+           "$RUN"/haproxy/haproxy.pid "$RUN"/haproxy-gray/haproxy.pid "$RUN"/nginx-otlp/nginx.pid; do
     [ -s "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null
   done
   if [ "${KEEP:-0}" = 1 ]; then echo "run files kept in $RUN" >&2; else rm -rf "$RUN"; fi
@@ -196,12 +207,35 @@ if [ "$SNAPSHOT" = both ]; then
   wait_ready "$GGS_PID" "$GGS_ADMIN" "$RUN/graygate-snap.log" "graygate (snapshot)"
 fi
 
+if [ "$TRACE" = both ]; then
+  # A stub OTLP/HTTP collector: 200 to every POST /v1/traces (the body is read and dropped).
+  mkdir -p "$RUN/nginx-otlp"
+  cat >"$RUN/nginx-otlp.conf" <<CONF
+worker_processes 1;
+pid $RUN/nginx-otlp/nginx.pid;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_max_body_size 16m;
+  client_body_buffer_size 1m;
+  server { listen 127.0.0.1:$OTLP_PORT; location /v1/traces { return 200; } }
+}
+CONF
+  taskset -c "$SERVER_CPU" nginx -p "$RUN/nginx-otlp/" -e "$RUN/nginx-otlp/error.log" -c "$RUN/nginx-otlp.conf"
+  routes "$GGT_PORT" "$GGT_ADMIN" "store: memory" >"$RUN/routes-trace.yaml"
+  printf 'tracing:\n  otlp: http://127.0.0.1:%s\n' "$OTLP_PORT" >>"$RUN/routes-trace.yaml"
+  taskset -c "$SERVER_CPU" "$GRAYGATE" serve -c "$RUN/routes-trace.yaml" 2>"$RUN/graygate-trace.log" &
+  GGT_PID=$!
+  wait_ready "$GGT_PID" "$GGT_ADMIN" "$RUN/graygate-trace.log" "graygate (trace export)"
+fi
+
 # --- load ---------------------------------------------------------------------------------
 TARGETS=(direct=http://127.0.0.1:18080 nginx=http://127.0.0.1:18081 haproxy=http://127.0.0.1:18082
          haproxy-gray=http://127.0.0.1:18084 graygate=http://127.0.0.1:$GG_PORT)
 [ "$ONLY" = graygate ] && TARGETS=(direct=http://127.0.0.1:18080 graygate=http://127.0.0.1:$GG_PORT)
 [ "$PIN_STORE" = both ] && TARGETS+=(graygate-redis=http://127.0.0.1:$GGR_PORT)
 [ "$SNAPSHOT" = both ] && TARGETS+=(graygate-snap=http://127.0.0.1:$GGS_PORT)
+[ "$TRACE" = both ] && TARGETS+=(graygate-otlp=http://127.0.0.1:$GGT_PORT)
 if [ "$SNAPSHOT" = both ] && [ -n "$SNAPSHOT_SEED" ]; then
   # New calls that never end: each turn leaves one live pin (idle_ttl 30m).
   cat >"$RUN/seed.lua" <<'LUA'
@@ -264,7 +298,7 @@ printf '|%s|%s|%s|%s|%s|%s|\n' ---------------- ------------ ----------- -------
 for t in "${TARGETS[@]}"; do
   n=${t%%=*}
   ratio=$(awk -v g="${RPS[graygate]}" -v p="${RPS[$n]}" 'BEGIN { if (p > 0) printf "%.2fx", g / p; else print "-" }')
-  [ "$n" = graygate ] || [ "$n" = graygate-redis ] || [ "$n" = graygate-snap ] && ratio="-"
+  [ "$n" = graygate ] || [ "$n" = graygate-redis ] || [ "$n" = graygate-snap ] || [ "$n" = graygate-otlp ] && ratio="-"
   printf '| %-14s | %10.0f | %9.3f | %9.3f | %6s | %-22s |\n' "$n" "${RPS[$n]}" \
     "$(awk -v u="${P50[$n]}" 'BEGIN { print u / 1000 }')" "$(awk -v u="${P99[$n]}" 'BEGIN { print u / 1000 }')" \
     "${ERR[$n]}" "$ratio"
@@ -287,6 +321,16 @@ if [ "$SNAPSHOT" = both ]; then
   echo "pins.snapshot on vs off (median of same-round ratios): req/s ${r_rps}x, p99 ${r_p99}x, cost per turn ${cost} us (1/rps difference, one server CPU)"
   view=$(curl -fsS "http://127.0.0.1:$GGS_ADMIN/admin/config" | tr -d '\n' | grep -o '"snapshot":{[^}]*}' || true)
   echo "snapshot writer after the run: ${view:-?}"
+fi
+if [ "$TRACE" = both ]; then
+  # Same-round ratios, as for the snapshot above.
+  paste <(awk '$1 == "graygate" {print $2, $4}' "$RUN/results") <(awk '$1 == "graygate-otlp" {print $2, $4}' "$RUN/results") |
+    awk '{ printf "%s %s %s\n", $3 / $1, $4 / $2, 1e6 / $3 - 1e6 / $1 }' >"$RUN/trace-ratios"
+  r_rps=$(awk '{print $1}' "$RUN/trace-ratios" | median)
+  r_p99=$(awk '{print $2}' "$RUN/trace-ratios" | median)
+  cost=$(awk '{print $3}' "$RUN/trace-ratios" | median)
+  echo "trace export on vs off (median of same-round ratios): req/s ${r_rps}x, p99 ${r_p99}x, cost per turn ${cost} us (1/rps difference, one server CPU)"
+  echo "spans: $(curl -fsS "http://127.0.0.1:$GGT_ADMIN/metrics" | awk '/^graygate_trace_spans_(exported|dropped)_total/ {printf "%s %s  ", $1, $2}')"
 fi
 [ "$ONLY" = graygate ] && exit 0
 awk -v g="${RPS[graygate]}" -v hg="${RPS[haproxy-gray]}" -v ng="${RPS[nginx]}" -v d="${RPS[direct]}" \
