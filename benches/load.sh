@@ -319,7 +319,7 @@ if [ "$SNAPSHOT" = both ]; then
   r_p99=$(awk '{print $2}' "$RUN/snap-ratios" | median)
   cost=$(awk '{print $3}' "$RUN/snap-ratios" | median)
   echo "pins.snapshot on vs off (median of same-round ratios): req/s ${r_rps}x, p99 ${r_p99}x, cost per turn ${cost} us (1/rps difference, one server CPU)"
-  view=$(curl -fsS "http://127.0.0.1:$GGS_ADMIN/admin/config" | tr -d '\n' | grep -o '"snapshot":{[^}]*}' || true)
+  view=$(curl -fsS "http://127.0.0.1:$GGS_ADMIN/admin/config" | tr -d '\n' | grep -o '"snapshot": *{[^}]*}' || true)
   echo "snapshot writer after the run: ${view:-?}"
 fi
 if [ "$TRACE" = both ]; then

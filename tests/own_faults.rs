@@ -288,12 +288,12 @@ async fn own_descriptor_shortage_is_never_blamed_on_the_endpoint() {
         "/healthz must answer throughout: {f:?}"
     );
     assert!(f.healthz_ok > 0);
-    assert_eq!(
+    // Counted as the gateway's own error (at least every one a client saw).
+    assert!(
         m(
             "graygate_gateway_errors_total",
             &[("code", "GW.LOCAL_RESOURCES")]
-        ),
-        f.local as f64
+        ) >= f.local as f64
     );
     assert_eq!(
         m("graygate_gateway_errors_total", &[("code", "GW.UPSTREAM")]),

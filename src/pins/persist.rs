@@ -41,6 +41,13 @@
 //! with wall-clock times, so a restart accounts for the time the process was down. Sections
 //! other than `pins` belong to other parts of the gateway ([`Section`]); a reader skips the
 //! ones it does not know. `#eof N` (N = number of sections) marks a complete file.
+//!
+//! **Adding a section** (e.g. rollout state): implement [`Section`] (a name, a dirty flag the
+//! writer takes, and `save` appending one JSON value per line), register it once with
+//! `app.pin_file` → [`PinFile::add_section`] after `App::start`, and read the lines saved by
+//! the previous process with [`PinFile::take_restored`] (same name) before using the state.
+//! `take_dirty` should return true once at first so that the section is written even when
+//! no pin changes. `pin_file` is `None` with the Redis store or without `pins.snapshot`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
@@ -130,11 +137,7 @@ impl PinFile {
     /// Read `path` into `store` (once, at start), write this process's own version of it at
     /// once, and start the writer thread. Blocking: call it off the async runtime.
     pub fn open(path: &Path, store: MemoryStore) -> (Arc<PinFile>, Restored) {
-        let tmp = {
-            let mut s = path.as_os_str().to_owned();
-            s.push(format!(".{}.tmp", std::process::id()));
-            PathBuf::from(s)
-        };
+        let tmp = sibling(path, &format!(".{}.tmp", std::process::id()));
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             tmp,
@@ -147,7 +150,17 @@ impl PinFile {
         let (restored, sections, inode) = match read(path, &shared.store) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "could not read the pin snapshot; starting empty");
+                // Kept for the operator (a newer format after a downgrade, a damaged disk),
+                // never read again, and not overwritten by this process's first write.
+                let aside = sibling(path, ".unreadable");
+                match std::fs::rename(path, &aside) {
+                    Ok(()) => {
+                        tracing::error!(file = %path.display(), moved_to = %aside.display(), error = %e, "could not read the pin snapshot; starting empty")
+                    }
+                    Err(_) => {
+                        tracing::error!(file = %path.display(), error = %e, "could not read the pin snapshot; starting empty")
+                    }
+                }
                 (Restored::default(), HashMap::new(), inode_of(path))
             }
         };
@@ -170,11 +183,7 @@ impl PinFile {
         // process's table as of the last write period.
         if let Err(e) = shared.write_once() {
             if inode.is_some() {
-                let stale = {
-                    let mut s = path.as_os_str().to_owned();
-                    s.push(".stale");
-                    PathBuf::from(s)
-                };
+                let stale = sibling(path, ".stale");
                 match std::fs::rename(path, &stale) {
                     Ok(()) => {
                         tracing::error!(file = %path.display(), moved_to = %stale.display(), error = %e, "could not write the pin snapshot; the file read was moved aside so that no later start restores it over newer pins")
@@ -456,6 +465,13 @@ fn pause_after(last_write: Duration) -> Duration {
         .max(Duration::from_millis(100))
 }
 
+/// `path` with `suffix` appended to its file name.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 enum WriteError {
     Lost(String),
     Io(std::io::Error),
@@ -496,24 +512,44 @@ fn write_pins(store: &MemoryStore, out: &mut impl Write) -> std::io::Result<usiz
         }
         names_seen[i].get_or_insert_with(|| names::name(id)).clone()
     };
+    let mut line = String::with_capacity(160);
     for i in 0..store.shard_count() {
         for (userid, pin, left) in store.live_in_shard(i) {
             let (cluster, rule) = (name(pin.cluster), name(pin.rule));
-            let line = (
-                userid.as_str(),
-                &*cluster,
-                &*rule,
+            line.clear();
+            line.push('[');
+            json_str(&mut line, &userid);
+            line.push(',');
+            json_str(&mut line, &cluster);
+            line.push(',');
+            json_str(&mut line, &rule);
+            let mut num = itoa::Buffer::new();
+            for v in [
                 pin.generation,
                 pin.created_at_ms,
                 wall + left.as_millis() as u64,
-                pin.ending,
-            );
-            serde_json::to_writer(&mut *out, &line)?;
-            out.write_all(b"\n")?;
+            ] {
+                line.push(',');
+                line.push_str(num.format(v));
+            }
+            line.push_str(if pin.ending { ",true]\n" } else { ",false]\n" });
+            out.write_all(line.as_bytes())?;
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// A JSON string literal. Call ids and names almost never need escaping: copied whole then;
+/// anything else goes through serde_json.
+fn json_str(s: &mut String, v: &str) {
+    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        s.push('"');
+        s.push_str(v);
+        s.push('"');
+    } else if let Ok(quoted) = serde_json::to_string(v) {
+        s.push_str(&quoted);
+    }
 }
 
 #[derive(Deserialize)]
@@ -746,6 +782,19 @@ mod tests {
         assert_eq!((r.pins, r.skipped, r.version), (1, 2, 1));
         assert!(s.peek("a").await.is_some());
         assert!(text(&path).starts_with("{\"format\":\"graygate-pins\""));
+        f.finish(Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_file_is_moved_aside_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.snapshot");
+        let future = "{\"format\":\"graygate-pins\",\"version\":9,\"seq\":4}\n#eof 0\n";
+        std::fs::write(&path, future).unwrap();
+        let (f, r) = PinFile::open(&path, MemoryStore::new(Metrics::new()));
+        assert_eq!(r.pins, 0);
+        assert_eq!(text(&dir.path().join("pins.snapshot.unreadable")), future);
+        assert!(text(&path).contains("\"version\":2"));
         f.finish(Duration::from_secs(5));
     }
 
