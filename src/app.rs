@@ -123,10 +123,12 @@ impl App {
             .iter()
             .map(|c| (c.name.clone(), c.spec.clone()))
             .collect();
-        snap.pools = upstreams
+        let committed = upstreams
             .reconcile(&specs)
             .await
-            .map_err(StartError::Other)?;
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        snap.pools = committed.pools;
+        snap.views = committed.views;
         snap.generation = 1;
         let tls = match &snap.tls {
             Some(t) => Some(Arc::new(TlsAcceptor::new(t).map_err(StartError::Other)?)),
@@ -170,10 +172,10 @@ impl App {
         );
         if let Some(acceptor) = &tls {
             let acceptor = acceptor.clone();
-            reloader.on_publish(Box::new(move |s| {
-                if let Some(t) = &s.tls {
-                    acceptor.reload(t);
-                }
+            reloader.set_listener_tls(Arc::new(move |t| {
+                let config = TlsAcceptor::prepare(t)?;
+                let acceptor = acceptor.clone();
+                Ok(Box::new(move || acceptor.install(config)))
             }));
         }
         if let Store::Memory(m) = &pins {
@@ -319,11 +321,15 @@ impl App {
             },
         ));
         let admin_svc = self.admin.clone();
+        // The admin listener answers for as long as the dialog listener drains (/readyz 503,
+        // /healthz and /metrics as usual, spec §4) and closes last: it has its own signal,
+        // given once the dialog listener is done.
+        let admin_stop = Shutdown::new();
         let a = tokio::spawn(listener::serve(
             admin,
             admin_opts,
             self.metrics.clone(),
-            self.shutdown.clone(),
+            admin_stop.clone(),
             move |req, _addr, _https| {
                 let admin = admin_svc.clone();
                 async move { admin.handle(req).await }
@@ -340,6 +346,7 @@ impl App {
             "shutting down: draining in-flight requests"
         );
         let _ = d.await;
+        admin_stop.trigger();
         let _ = a.await;
         for t in &self.tasks {
             t.abort();

@@ -17,6 +17,7 @@ use crate::ids::NameId;
 use crate::pins::PinPolicy;
 use crate::probe::ProbeSpec;
 use crate::router::Routing;
+use crate::upstream::pool::PoolState;
 use crate::upstream::{ClusterPool, ClusterSpec};
 
 /// Limits of the dialog listener and requests.
@@ -110,6 +111,10 @@ pub struct Snapshot {
     pub default_rule_id: NameId,
     /// Pools by cluster index (same order as `clusters`).
     pub pools: Vec<Arc<ClusterPool>>,
+    /// Each cluster's settings, endpoints and client as this generation committed them (same
+    /// order as `clusters`): a turn that loaded this snapshot uses these to its end, whatever a
+    /// later reload stores in the pool. (A retired cluster's pool state no longer changes.)
+    pub views: Vec<Arc<PoolState>>,
 }
 
 impl Snapshot {
@@ -117,6 +122,11 @@ impl Snapshot {
     pub fn fallback_of(&self, c: usize) -> Option<(usize, &Arc<ClusterPool>)> {
         let fb = self.routing.fallback.get(c).copied().flatten()?;
         Some((fb, self.pools.get(fb)?))
+    }
+
+    /// Cluster `c`'s view in this generation.
+    pub fn view(&self, c: usize) -> Option<&Arc<PoolState>> {
+        self.views.get(c)
     }
 
     pub fn rule_id(&self, r: crate::router::RuleRef) -> NameId {

@@ -198,3 +198,61 @@ fn check_of_an_alias_bomb_stays_small() {
     );
     assert!(stdout.contains("aliases expanded"), "{stdout}");
 }
+
+/// Point 5: SIGTERM with a slow turn in flight. While the dialog listener drains, the admin
+/// listener still answers: `/readyz` 503, `/healthz` and `/metrics` 200; it closes last, after
+/// the turn has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_keeps_the_admin_listener_answering_while_a_turn_drains() {
+    let slow = Upstream::start("slow").await;
+    slow.set_delay(std::time::Duration::from_millis(2500));
+    let mut p = Process::start(&stable_only(&slow)).await;
+    let c = Client::new();
+    let url = format!("http://{}/oifde/rest/crs/process", p.dialog);
+    let c2 = c.clone();
+    let inflight = tokio::spawn(async move { c2.post(&url, turn_body("drain-1", 8, None)).await });
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            slow.count() == 1
+        })
+        .await
+    );
+    p.signal("TERM");
+    let admin = |path: &str| format!("http://{}{path}", p.admin);
+    assert!(
+        eventually(std::time::Duration::from_secs(2), || async {
+            c.try_get(&admin("/readyz")).await == Some(503)
+        })
+        .await,
+        "/readyz answers 503 once SIGTERM is received"
+    );
+    // The turn is still in flight: the admin listener answers every probe and scrape.
+    let mut answered = 0;
+    loop {
+        let round = (
+            c.try_get(&admin("/readyz")).await,
+            c.try_get(&admin("/healthz")).await,
+            c.try_get(&admin("/metrics")).await,
+        );
+        if inflight.is_finished() {
+            // This round may straddle the end of the drain.
+            break;
+        }
+        assert_eq!(round, (Some(503), Some(200), Some(200)), "during the drain");
+        answered += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        answered >= 3,
+        "the drain lasted {answered} rounds of probes"
+    );
+    let a = inflight.await.unwrap();
+    assert_eq!(a.status, 200, "the in-flight turn finishes");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = p.terminate();
+        (s, p.logs())
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{}", status.1);
+}

@@ -369,6 +369,7 @@ pub fn compile(
         rule_ids,
         default_rule_id: names::intern("default"),
         pools: Vec::new(),
+        views: Vec::new(),
     })
 }
 

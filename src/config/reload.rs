@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::history::{History, HistoryKind};
 use crate::located::{Located, LocatedErrors};
 use crate::metrics::Metrics;
-use crate::snapshot::{Live, Snapshot};
+use crate::snapshot::{ListenerTls, Live, Snapshot};
 use crate::upstream::Upstreams;
 
 /// Userids routed under both files to measure the moved share per rule for the history (the
@@ -35,8 +35,11 @@ pub struct ReloadStatus {
     pub restart_needed: Vec<String>,
 }
 
-/// A hook run after each successful publish (e.g. re-read the listener's certificate).
-pub type AfterPublish = Box<dyn Fn(&Snapshot) + Send + Sync>;
+/// The listener's TLS, prepared for a reload: reads and checks the certificate, key and client
+/// CA (run off the async runtime) and returns what installs them, or why they cannot be used.
+/// Installing cannot fail. (A hook, so that `config` does not depend on `listener`.)
+pub type PrepareListenerTls =
+    Arc<dyn Fn(&ListenerTls) -> Result<Box<dyn FnOnce() + Send>, String> + Send + Sync>;
 
 pub struct Reloader {
     pub path: PathBuf,
@@ -48,7 +51,7 @@ pub struct Reloader {
     /// sha256 of the last content read (good or bad), so an unchanged file is not re-read.
     last_seen: Mutex<String>,
     lock: tokio::sync::Mutex<()>,
-    after_publish: Mutex<Vec<AfterPublish>>,
+    listener_tls: Mutex<Option<PrepareListenerTls>>,
 }
 
 impl Reloader {
@@ -69,13 +72,15 @@ impl Reloader {
             status: Mutex::new(ReloadStatus::default()),
             last_seen: Mutex::new(sha),
             lock: tokio::sync::Mutex::new(()),
-            after_publish: Mutex::new(Vec::new()),
+            listener_tls: Mutex::new(None),
         })
     }
 
-    pub fn on_publish(&self, f: AfterPublish) {
-        if let Ok(mut v) = self.after_publish.lock() {
-            v.push(f);
+    /// Re-read the dialog listener's certificate files as part of each reload (prepared with
+    /// the rest, installed at the commit).
+    pub fn set_listener_tls(&self, f: PrepareListenerTls) {
+        if let Ok(mut v) = self.listener_tls.lock() {
+            *v = Some(f);
         }
     }
 
@@ -106,7 +111,8 @@ impl Reloader {
             let text = crate::config::read(&path)?;
             let sha = crate::config::sha256_hex(text.as_bytes());
             let file = path.display().to_string();
-            Ok::<_, LocatedErrors>((sha, crate::config::load_str(&text, &file, &path)))
+            let loaded = crate::config::load_str(&text, &file, &path);
+            Ok::<_, LocatedErrors>((sha, loaded.map(|s| (s, text))))
         })
         .await
         .unwrap_or_else(|e| {
@@ -125,13 +131,13 @@ impl Reloader {
             }
         }
         let result = match loaded {
-            Ok(snap) => {
+            Ok((snap, text)) => {
                 let current = self.live.load_full();
                 if snap.sha256 == current.sha256 {
                     tracing::info!(trigger, generation = current.generation, "config unchanged");
                     Ok(current.generation)
                 } else {
-                    self.publish(snap, &current, trigger).await
+                    self.publish(snap, &text, &current, trigger).await
                 }
             }
             Err(errs) => Err(errs),
@@ -167,57 +173,76 @@ impl Reloader {
         result
     }
 
+    /// plan → prepare → commit. The plan is pure (what changes, what needs a restart); the
+    /// prepare does every fallible step without touching anything live (clients, embedded
+    /// backends, certificate files); the commit is one store per pool and one of the snapshot,
+    /// and cannot fail. A prepare that fails leaves everything as it was.
     async fn publish(
         &self,
         mut snap: Snapshot,
+        text: &str,
         current: &Snapshot,
         trigger: &str,
     ) -> Result<u64, LocatedErrors> {
+        // Plan.
         let restart = restart_keys(current, &snap);
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "these keys changed but take effect only at restart; the running values stay");
         }
+        keep_process_keys(&mut snap, current);
+        snap.generation = current.generation + 1;
+        let plan = crate::config::diff::diff(current, &snap);
+        let moved = crate::config::diff::moved_shares(current, &snap, PLAN_SAMPLES);
+
+        // Prepare.
+        let file = self.path.display().to_string();
         let specs: Vec<_> = snap
             .clusters
             .iter()
             .map(|c| (c.name.clone(), c.spec.clone()))
             .collect();
-        let pools = self.upstreams.reconcile(&specs).await.map_err(|e| {
-            LocatedErrors(vec![Located::new(
-                &self.path.display().to_string(),
-                0,
-                0,
-                "clusters",
-                e,
-            )])
+        let prepared = self.upstreams.prepare(&specs).await.map_err(|e| {
+            let path = format!("clusters.{}", e.cluster);
+            LocatedErrors(vec![Located::at_path(&file, text, &path, e.message)])
         })?;
-        snap.pools = pools;
-        snap.generation = current.generation + 1;
-        // Keep the listeners' addresses: they changed only in the file.
-        snap.listen = current.listen;
-        snap.admin = current.admin;
-        let plan = crate::config::diff::diff(current, &snap);
-        let moved = crate::config::diff::moved_shares(current, &snap, PLAN_SAMPLES);
-        let diff = plan.to_string();
+        let hook = self.listener_tls.lock().ok().and_then(|h| h.clone());
+        let install_tls = match (hook, snap.tls.clone()) {
+            (Some(prepare), Some(tls)) => {
+                let done = tokio::task::spawn_blocking(move || prepare(&tls))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                match done {
+                    Ok(install) => Some(install),
+                    Err(e) => {
+                        return Err(LocatedErrors(vec![Located::at_path(&file, text, "tls", e)]))
+                    }
+                }
+            }
+            _ => None,
+        };
+
+        // Commit: nothing below fails.
+        let committed = self.upstreams.commit(prepared);
+        snap.pools = committed.pools;
+        snap.views = committed.views;
         let generation = snap.generation;
         let applied = serde_json::json!({
             "generation": generation,
             "sha256": snap.sha256,
             "trigger": trigger,
-            "path": self.path.display().to_string(),
+            "path": file,
             "plan": {"changes": plan, "rules": moved},
         });
         self.live.store(Arc::new(snap));
-        let live = self.live.load();
-        if let Ok(hooks) = self.after_publish.lock() {
-            for h in hooks.iter() {
-                h(&live);
-            }
+        if let Some(install) = install_tls {
+            install();
         }
+        let live = self.live.load();
         if let Ok(mut s) = self.status.lock() {
             s.restart_needed = restart;
         }
-        tracing::info!(generation, sha256 = %live.sha256, changes = %diff, "config applied");
+        tracing::info!(generation, sha256 = %live.sha256, changes = %plan, "config applied");
         self.history.record(HistoryKind::Applied, applied);
         self.upstreams.drop_empty_retired(&live.cluster_ids());
         Ok(generation)
@@ -286,8 +311,10 @@ fn restart_keys(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.admin != new.admin {
         v.push("admin".to_string());
     }
-    if old.tls != new.tls {
-        v.push("tls".to_string());
+    // Changed certificate paths are read by the reload; only turning TLS on or off needs a
+    // new listener.
+    if old.tls.is_some() != new.tls.is_some() {
+        v.push("tls (on/off)".to_string());
     }
     if old.store != new.store {
         v.push("pins.store".to_string());
@@ -309,4 +336,18 @@ fn restart_keys(old: &Snapshot, new: &Snapshot) -> Vec<String> {
         v.push("limits (connection-level)".to_string());
     }
     v
+}
+
+/// The keys read once at start keep their running values in the new snapshot, so that
+/// `/admin/config` shows what is in effect (the file's new values are in `restart_needed`).
+fn keep_process_keys(new: &mut Snapshot, running: &Snapshot) {
+    new.listen = running.listen;
+    new.admin = running.admin;
+    new.store = running.store.clone();
+    new.listen_proxy_protocol = running.listen_proxy_protocol;
+    new.limits.max_connections = running.limits.max_connections;
+    new.limits.header_read_timeout = running.limits.header_read_timeout;
+    if new.tls.is_some() != running.tls.is_some() {
+        new.tls = running.tls.clone();
+    }
 }

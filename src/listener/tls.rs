@@ -22,17 +22,16 @@ impl TlsAcceptor {
         })
     }
 
-    /// Re-read the certificate, key and client CA; keep the old ones on error.
-    pub fn reload(&self, spec: &ListenerTls) {
-        match server_config(spec) {
-            Ok(c) => {
-                self.config.store(Arc::new(c));
-                tracing::info!("listener certificate re-read");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "listener certificate reload failed; keeping the old one")
-            }
-        }
+    /// Read and check the certificate, key and client CA (blocking file reads): the fallible
+    /// half of a reload.
+    pub fn prepare(spec: &ListenerTls) -> Result<ServerConfig, String> {
+        server_config(spec)
+    }
+
+    /// Use a prepared config for the connections accepted from now on.
+    pub fn install(&self, config: ServerConfig) {
+        self.config.store(Arc::new(config));
+        tracing::info!("listener certificate re-read");
     }
 
     pub async fn accept<IO>(&self, stream: IO) -> std::io::Result<TlsStream<IO>>

@@ -109,8 +109,60 @@ impl ClusterState {
 pub struct Upstreams {
     pools: ArcSwap<HashMap<NameId, Arc<ClusterPool>>>,
     metrics: Metrics,
-    /// Serializes reconciles (reloads are rare; the hot path never takes this).
-    lock: tokio::sync::Mutex<()>,
+    /// Writers of `pools` (a commit, the sweep of empty retired clusters) one at a time, so
+    /// neither loses the other's store. Never taken on the hot path, never held across an await.
+    write: std::sync::Mutex<()>,
+}
+
+/// Every fallible step of making the pools match a new config, done without touching a live
+/// pool: clients built (certificate files read off the async runtime), changed embedded
+/// backends started, endpoints carried over by URL. [`Upstreams::commit`] applies it and
+/// cannot fail; dropping it instead stops what it started and changes nothing.
+pub struct Prepared {
+    clusters: Vec<PreparedCluster>,
+}
+
+struct PreparedCluster {
+    name: Arc<str>,
+    id: NameId,
+    change: Change,
+}
+
+enum Change {
+    /// The pool stays as it is.
+    Keep(Arc<ClusterPool>),
+    /// The pool stays; its settings, endpoints or client change.
+    Update {
+        pool: Arc<ClusterPool>,
+        state: Arc<pool::PoolState>,
+        embedded: Option<embedded::EmbeddedCluster>,
+    },
+    /// A new cluster.
+    Create {
+        spec: ClusterSpec,
+        endpoints: Vec<Arc<Endpoint>>,
+        client: client::Client,
+        embedded: Option<embedded::EmbeddedCluster>,
+    },
+}
+
+/// Why a cluster could not be prepared.
+#[derive(Debug, Clone)]
+pub struct PrepareError {
+    pub cluster: Arc<str>,
+    pub message: String,
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cluster {}: {}", self.cluster, self.message)
+    }
+}
+
+/// A cluster's pool and its view in one generation, as a commit leaves them.
+pub struct Committed {
+    pub pools: Vec<Arc<ClusterPool>>,
+    pub views: Vec<Arc<pool::PoolState>>,
 }
 
 impl Upstreams {
@@ -118,7 +170,7 @@ impl Upstreams {
         Upstreams {
             pools: ArcSwap::from_pointee(HashMap::new()),
             metrics,
-            lock: tokio::sync::Mutex::new(()),
+            write: std::sync::Mutex::new(()),
         }
     }
 
@@ -139,27 +191,177 @@ impl Upstreams {
         self.metrics.pins.with_label_values(&[name]).get()
     }
 
-    /// Make the pools match `specs` (in the snapshot's cluster order) and return them in that
-    /// order. Pools of clusters that left the file stay while they have pins.
+    /// Make the pools match `specs`: [`prepare`](Self::prepare) then [`commit`](Self::commit).
     pub async fn reconcile(
         &self,
         specs: &[(Arc<str>, ClusterSpec)],
-    ) -> Result<Vec<Arc<ClusterPool>>, String> {
-        let _guard = self.lock.lock().await;
+    ) -> Result<Committed, PrepareError> {
+        Ok(self.commit(self.prepare(specs).await?))
+    }
+
+    /// Everything that can fail, for every cluster of `specs` (in the snapshot's cluster
+    /// order), before anything changes. The caller serializes prepare/commit pairs (the
+    /// reloader holds its one-at-a-time lock across both).
+    pub async fn prepare(
+        &self,
+        specs: &[(Arc<str>, ClusterSpec)],
+    ) -> Result<Prepared, PrepareError> {
         let current = self.pools.load_full();
-        let mut next: HashMap<NameId, Arc<ClusterPool>> = HashMap::new();
-        let mut ordered = Vec::with_capacity(specs.len());
+        let mut clusters = Vec::with_capacity(specs.len());
         for (name, spec) in specs {
             let id = names::intern(name);
-            let pool = match current.get(&id) {
-                Some(pool) => {
-                    self.update(pool, spec).await?;
-                    pool.clone()
-                }
-                None => self.create(name.clone(), id, spec).await?,
+            let fail = |message: String| PrepareError {
+                cluster: name.clone(),
+                message,
             };
-            next.insert(id, pool.clone());
-            ordered.push(pool);
+            let change = match current.get(&id) {
+                Some(pool) => self.prepare_update(pool, spec).await.map_err(fail)?,
+                None => {
+                    let (endpoints, embedded) = match &spec.embedded {
+                        Some(e) => {
+                            let cluster = embedded::start(e).await.map_err(fail)?;
+                            (embedded_endpoints(&cluster), Some(cluster))
+                        }
+                        None => (
+                            spec.endpoints
+                                .iter()
+                                .map(|u| Arc::new(Endpoint::new(&u.text, u.https)))
+                                .collect(),
+                            None,
+                        ),
+                    };
+                    Change::Create {
+                        client: build_client(spec).await.map_err(fail)?,
+                        spec: spec.clone(),
+                        endpoints,
+                        embedded,
+                    }
+                }
+            };
+            clusters.push(PreparedCluster {
+                name: name.clone(),
+                id,
+                change,
+            });
+        }
+        Ok(Prepared { clusters })
+    }
+
+    async fn prepare_update(
+        &self,
+        pool: &Arc<ClusterPool>,
+        spec: &ClusterSpec,
+    ) -> Result<Change, String> {
+        let old = pool.state.load_full();
+        if old.spec == *spec {
+            return Ok(Change::Keep(pool.clone()));
+        }
+        let mut started = None;
+        // Embedded clusters keep their running backend unless its definition changed.
+        let endpoints: Vec<Arc<Endpoint>> = match &spec.embedded {
+            Some(e) if old.spec.embedded.as_ref() == Some(e) => old.endpoints.clone(),
+            Some(e) => {
+                let cluster = embedded::start(e).await?;
+                let eps = embedded_endpoints(&cluster);
+                started = Some(cluster);
+                eps
+            }
+            // Long-lived per-endpoint state (health streaks, ejection, in-flight count, idle
+            // connections) carries over by URL.
+            None => spec
+                .endpoints
+                .iter()
+                .map(|u| {
+                    old.endpoints
+                        .iter()
+                        .find(|e| *e.url == *u.text)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Endpoint::new(&u.text, u.https)))
+                })
+                .collect(),
+        };
+        let client = if client_settings_equal(&old.spec, spec) {
+            old.client.clone()
+        } else {
+            build_client(spec).await?
+        };
+        Ok(Change::Update {
+            pool: pool.clone(),
+            state: Arc::new(pool::PoolState {
+                spec: spec.clone(),
+                endpoints,
+                client,
+            }),
+            embedded: started,
+        })
+    }
+
+    /// Apply a prepared change: one store per pool and one for the table; cannot fail. Pools of
+    /// clusters that left the file stay (retired, their state frozen) while they have pins.
+    pub fn commit(&self, prepared: Prepared) -> Committed {
+        let _one_writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.pools.load_full();
+        let mut next: HashMap<NameId, Arc<ClusterPool>> = HashMap::new();
+        let mut pools = Vec::with_capacity(prepared.clusters.len());
+        let mut views = Vec::with_capacity(prepared.clusters.len());
+        for c in prepared.clusters {
+            let pool = match c.change {
+                Change::Keep(pool) => pool,
+                Change::Update {
+                    pool,
+                    state,
+                    embedded,
+                } => {
+                    let old = pool.state.load_full();
+                    for e in old.endpoints.iter() {
+                        if !state.endpoints.iter().any(|n| n.url == e.url) {
+                            let _ = self
+                                .metrics
+                                .endpoint_healthy
+                                .remove_label_values(&[&pool.name, &e.url]);
+                        }
+                    }
+                    pool.state.store(state);
+                    if let Some(started) = embedded {
+                        if let Ok(mut g) = pool.embedded.lock() {
+                            // The old instances stop when dropped; their calls' state goes
+                            // with them, as it would on a real ODFS redeploy.
+                            *g = Some(started);
+                        }
+                    }
+                    for e in pool.state.load().endpoints.iter() {
+                        pool.refresh_gauge(e);
+                    }
+                    // New endpoints, client or check settings: the old check task stops, a
+                    // new one starts (endpoints that stayed keep their verdict and streaks).
+                    health::restart(&pool);
+                    pool
+                }
+                Change::Create {
+                    spec,
+                    endpoints,
+                    client,
+                    embedded,
+                } => {
+                    let pool = ClusterPool::with_client(
+                        c.name.clone(),
+                        c.id,
+                        spec,
+                        endpoints,
+                        client,
+                        self.metrics.clone(),
+                    );
+                    if let Ok(mut g) = pool.embedded.lock() {
+                        *g = embedded;
+                    }
+                    let pool = Arc::new(pool);
+                    health::restart(&pool);
+                    pool
+                }
+            };
+            views.push(pool.state.load_full());
+            next.insert(c.id, pool.clone());
+            pools.push(pool);
         }
         for (id, pool) in current.iter() {
             if next.contains_key(id) {
@@ -174,11 +376,12 @@ impl Upstreams {
             }
         }
         self.pools.store(Arc::new(next));
-        Ok(ordered)
+        Committed { pools, views }
     }
 
     /// Drop retired pools whose last pin is gone. `active`: ids in the running snapshot.
     pub fn drop_empty_retired(&self, active: &[NameId]) -> usize {
+        let _one_writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.pools.load_full();
         let gone: Vec<NameId> = current
             .iter()
@@ -207,111 +410,22 @@ impl Upstreams {
                 .remove_label_values(&[&pool.name, &e.url]);
         }
     }
+}
 
-    async fn create(
-        &self,
-        name: Arc<str>,
-        id: NameId,
-        spec: &ClusterSpec,
-    ) -> Result<Arc<ClusterPool>, String> {
-        let (endpoints, embedded) = match &spec.embedded {
-            Some(e) => {
-                let cluster = embedded::start(e)
-                    .await
-                    .map_err(|err| format!("cluster {name}: {err}"))?;
-                let eps = cluster
-                    .addrs
-                    .iter()
-                    .map(|a| Arc::new(Endpoint::new(&format!("http://{a}"), false)))
-                    .collect();
-                (eps, Some(cluster))
-            }
-            None => (
-                spec.endpoints
-                    .iter()
-                    .map(|u| Arc::new(Endpoint::new(&u.text, u.https)))
-                    .collect(),
-                None,
-            ),
-        };
-        let pool = ClusterPool::new(
-            name.clone(),
-            id,
-            spec.clone(),
-            endpoints,
-            self.metrics.clone(),
-        )
-        .map_err(|e| format!("cluster {name}: {e}"))?;
-        if let Ok(mut g) = pool.embedded.lock() {
-            *g = embedded;
-        }
-        let pool = Arc::new(pool);
-        health::restart(&pool);
-        Ok(pool)
-    }
+fn embedded_endpoints(cluster: &embedded::EmbeddedCluster) -> Vec<Arc<Endpoint>> {
+    cluster
+        .addrs
+        .iter()
+        .map(|a| Arc::new(Endpoint::new(&format!("http://{a}"), false)))
+        .collect()
+}
 
-    async fn update(&self, pool: &Arc<ClusterPool>, spec: &ClusterSpec) -> Result<(), String> {
-        let old = pool.state.load_full();
-        if old.spec == *spec {
-            return Ok(());
-        }
-        // Embedded clusters keep their running backend unless its definition changed.
-        let endpoints: Vec<Arc<Endpoint>> = match &spec.embedded {
-            Some(e) if old.spec.embedded.as_ref() == Some(e) => old.endpoints.clone(),
-            Some(e) => {
-                let cluster = embedded::start(e)
-                    .await
-                    .map_err(|err| format!("cluster {}: {err}", pool.name))?;
-                let eps = cluster
-                    .addrs
-                    .iter()
-                    .map(|a| Arc::new(Endpoint::new(&format!("http://{a}"), false)))
-                    .collect();
-                if let Ok(mut g) = pool.embedded.lock() {
-                    // The old instances stop when dropped; their calls' state goes with them,
-                    // as it would on a real ODFS redeploy.
-                    *g = Some(cluster);
-                }
-                eps
-            }
-            None => spec
-                .endpoints
-                .iter()
-                .map(|u| {
-                    old.endpoints
-                        .iter()
-                        .find(|e| *e.url == *u.text)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(Endpoint::new(&u.text, u.https)))
-                })
-                .collect(),
-        };
-        for e in old.endpoints.iter() {
-            if !endpoints.iter().any(|n| n.url == e.url) {
-                let _ = self
-                    .metrics
-                    .endpoint_healthy
-                    .remove_label_values(&[&pool.name, &e.url]);
-            }
-        }
-        for e in &endpoints {
-            pool.refresh_gauge(e);
-        }
-        let client = if client_settings_equal(&old.spec, spec) {
-            old.client.clone()
-        } else {
-            client::build(spec)?
-        };
-        pool.state.store(Arc::new(pool::PoolState {
-            spec: spec.clone(),
-            endpoints,
-            client,
-        }));
-        // New endpoints, client or check settings: the old check task stops, a new one starts
-        // (endpoints that stayed keep their verdict and streaks).
-        health::restart(pool);
-        Ok(())
-    }
+/// Build a cluster's client off the async runtime: it reads certificate files.
+async fn build_client(spec: &ClusterSpec) -> Result<client::Client, String> {
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || client::build(&spec))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 fn client_settings_equal(a: &ClusterSpec, b: &ClusterSpec) -> bool {

@@ -88,6 +88,20 @@ impl ClusterPool {
         metrics: Metrics,
     ) -> Result<Self, String> {
         let client = client::build(&spec)?;
+        Ok(Self::with_client(
+            name, id, spec, endpoints, client, metrics,
+        ))
+    }
+
+    /// A pool with a client already built (the fallible part, done in `Upstreams::prepare`).
+    pub fn with_client(
+        name: Arc<str>,
+        id: NameId,
+        spec: ClusterSpec,
+        endpoints: Vec<Arc<Endpoint>>,
+        client: Client,
+        metrics: Metrics,
+    ) -> Self {
         for e in &endpoints {
             metrics
                 .endpoint_healthy
@@ -104,7 +118,7 @@ impl ClusterPool {
         if let Some(fb) = &spec.fallback {
             metrics.fallbacks.with_label_values(&[&*name, fb.as_str()]);
         }
-        Ok(ClusterPool {
+        ClusterPool {
             name,
             id,
             state: ArcSwap::from_pointee(PoolState {
@@ -119,7 +133,7 @@ impl ClusterPool {
             eject_lock: std::sync::Mutex::new(()),
             embedded: std::sync::Mutex::new(None),
             health: std::sync::Mutex::new(None),
-        })
+        }
     }
 
     fn now_ms(&self) -> u64 {
