@@ -256,3 +256,124 @@ async fn sigterm_keeps_the_admin_listener_answering_while_a_turn_drains() {
     .unwrap();
     assert!(status.0.success(), "{}", status.1);
 }
+
+fn cluster<'a>(cfg: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    cfg["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no cluster {name} in {cfg}"))
+}
+
+/// Point 1: a reload whose second cluster cannot be prepared (its CA file is not a
+/// certificate) changes nothing at all: the first cluster keeps its settings and endpoints,
+/// the generation stays, and the answer is 422 with the error at the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_second_cluster_cannot_be_prepared_changes_nothing() {
+    let (one, two, three) = (
+        Upstream::start("one").await,
+        Upstream::start("two").await,
+        Upstream::start("three").await,
+    );
+    let before = format!(
+        "clusters:\n  a-first:\n    endpoints: [{}]\n    timeout: 5s\n  b-second:\n    endpoints: [{}]\ndefault: a-first\n",
+        one.url(),
+        two.url()
+    );
+    let gw = Gateway::start(&before).await;
+    std::fs::write(gw.dir.path().join("bad-ca.pem"), "this is no certificate\n").unwrap();
+    let after = format!(
+        "clusters:\n  a-first:\n    endpoints: [{}, {}]\n    timeout: 7s\n  b-second:\n    endpoints: [{}]\n    tls: {{ ca: bad-ca.pem }}\ndefault: a-first\n",
+        one.url(),
+        three.url(),
+        two.url()
+    );
+    // The file itself is valid: `check` accepts it (the CA is read only when prepared).
+    let out = Command::new(env!("CARGO_BIN_EXE_graygate"))
+        .args(["check", "-c"])
+        .arg(&gw.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    gw.write_config(&after);
+    let c = Client::new();
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    let err = &r.json()["errors"][0];
+    assert!(
+        err["message"].as_str().unwrap().contains("bad-ca.pem"),
+        "{err}"
+    );
+    assert_eq!(err["path"], "clusters.b-second", "{err}");
+    assert_eq!(err["line"], 7, "{err}");
+    let cfg = c
+        .request("GET", &gw.admin_url("/admin/config"), &[], "")
+        .await
+        .json();
+    assert_eq!(cfg["generation"], 1);
+    let a = cluster(&cfg, "a-first");
+    assert_eq!(a["timeout_ms"], 5000, "{a}");
+    let urls: Vec<&str> = a["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(urls, [one.url()], "{a}");
+    for i in 0..6 {
+        let a = c.turn(&gw, None, &format!("unchanged-{i}"), 8, None).await;
+        assert_eq!(a.upstream(), Some("one"));
+    }
+    assert_eq!(three.count(), 0);
+}
+
+/// Point 1: a turn whose head arrived before a reload that changes its cluster's timeout and
+/// endpoints finishes under its own generation: the old endpoint, the old timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_open_across_a_reload_keeps_its_generation() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (old, new) = (Upstream::start("old").await, Upstream::start("new").await);
+    old.set_delay(std::time::Duration::from_millis(1200));
+    let gw = Gateway::start(&format!(
+        "clusters:\n  stable:\n    endpoints: [{}]\n    timeout: 5s\ndefault: stable\n",
+        old.url()
+    ))
+    .await;
+    let body = turn_body("held-1", 8, None);
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut s = tokio::net::TcpStream::connect(gw.dialog).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /oifde/rest/crs/process HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{first}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Let the head arrive (the turn loads its generation then).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    gw.write_config(&format!(
+        "clusters:\n  stable:\n    endpoints: [{}]\n    timeout: 300ms\ndefault: stable\n",
+        new.url()
+    ));
+    let c = Client::new();
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.json()["generation"], 2);
+    s.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_string(&mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("x-upstream: old"), "{answer}");
+    assert_eq!(new.count(), 0);
+    // A turn that starts now is generation 2's: the new endpoint.
+    let a = c.turn(&gw, None, "after-1", 8, None).await;
+    assert_eq!(a.upstream(), Some("new"));
+}

@@ -41,6 +41,10 @@ pub struct ReloadStatus {
 pub type PrepareListenerTls =
     Arc<dyn Fn(&ListenerTls) -> Result<Box<dyn FnOnce() + Send>, String> + Send + Sync>;
 
+/// A hook run after each commit with the new generation (infallible: e.g. `pins.max_pins`
+/// handed to the memory pin table).
+pub type AfterPublish = Box<dyn Fn(&Snapshot) + Send + Sync>;
+
 pub struct Reloader {
     pub path: PathBuf,
     live: Live,
@@ -52,6 +56,7 @@ pub struct Reloader {
     last_seen: Mutex<String>,
     lock: tokio::sync::Mutex<()>,
     listener_tls: Mutex<Option<PrepareListenerTls>>,
+    after_publish: Mutex<Vec<AfterPublish>>,
 }
 
 impl Reloader {
@@ -73,7 +78,15 @@ impl Reloader {
             last_seen: Mutex::new(sha),
             lock: tokio::sync::Mutex::new(()),
             listener_tls: Mutex::new(None),
+            after_publish: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Run `f` after every commit, with the generation just published.
+    pub fn on_publish(&self, f: AfterPublish) {
+        if let Ok(mut v) = self.after_publish.lock() {
+            v.push(f);
+        }
     }
 
     /// Re-read the dialog listener's certificate files as part of each reload (prepared with
@@ -239,6 +252,11 @@ impl Reloader {
             install();
         }
         let live = self.live.load();
+        if let Ok(hooks) = self.after_publish.lock() {
+            for h in hooks.iter() {
+                h(&live);
+            }
+        }
         if let Ok(mut s) = self.status.lock() {
             s.restart_needed = restart;
         }
@@ -347,6 +365,11 @@ fn keep_process_keys(new: &mut Snapshot, running: &Snapshot) {
     new.listen_proxy_protocol = running.listen_proxy_protocol;
     new.limits.max_connections = running.limits.max_connections;
     new.limits.header_read_timeout = running.limits.header_read_timeout;
+    new.limits.max_connections_per_ip = running.limits.max_connections_per_ip;
+    new.limits.idle_timeout = running.limits.idle_timeout;
+    new.limits.max_connection_age = running.limits.max_connection_age;
+    new.limits.send_timeout = running.limits.send_timeout;
+    new.otlp = running.otlp.clone();
     if new.tls.is_some() != running.tls.is_some() {
         new.tls = running.tls.clone();
     }

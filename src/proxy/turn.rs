@@ -60,6 +60,9 @@ pub struct TurnCtx<'p> {
 /// Where [`TurnCtx::locate`] sends the turn.
 pub struct Route {
     pub pool: Arc<ClusterPool>,
+    /// The cluster's settings, endpoints and client in the turn's generation: a reload while
+    /// the turn is open does not change its timeout or endpoints.
+    pub view: Arc<PoolState>,
     pub kind: PinKind,
     /// The rule to pin with (the pin's own rule for a kept pin).
     pub rule_id: NameId,
@@ -69,6 +72,14 @@ pub struct Route {
     /// The fallback cluster's index, when the rules' cluster has one and it has not been used:
     /// where the call goes if no endpoint of its cluster can be reached.
     pub spare: Option<usize>,
+}
+
+/// Cluster `c`'s view in `gen` (the pool's current state for a snapshot made without views,
+/// as `check` and the benches make them).
+fn view_of(gen: &Snapshot, c: usize, pool: &ClusterPool) -> Arc<PoolState> {
+    gen.view(c)
+        .cloned()
+        .unwrap_or_else(|| pool.state.load_full())
 }
 
 /// Why a request could not be forwarded, and whether it is certain that no endpoint saw it
@@ -179,8 +190,15 @@ impl<'p> TurnCtx<'p> {
                 )));
             };
             self.rec.pin = Some(PinKind::Kept.as_str());
+            // A cluster of this generation: its view here; a retired one: its pool's state,
+            // which no longer changes.
+            let view = gen
+                .cluster_index_of(p.cluster)
+                .and_then(|c| gen.view(c).cloned())
+                .unwrap_or_else(|| pool.state.load_full());
             self.route = Some(Route {
                 pool,
+                view,
                 kind: PinKind::Kept,
                 rule_id: p.rule,
                 strict: false,
@@ -213,8 +231,10 @@ impl<'p> TurnCtx<'p> {
         self.rec.rule_id = Some(rule_id);
         self.rec.cluster = Some(pool.name.clone());
         self.rec.cluster_id = Some(pool.id);
+        let view = view_of(gen, choice.cluster, &pool);
         self.route = Some(Route {
             pool,
+            view,
             kind,
             rule_id,
             strict: true,
@@ -238,8 +258,10 @@ impl<'p> TurnCtx<'p> {
             .ok_or_else(|| GatewayError::NoUpstream("no pool for the default cluster".into()))?;
         self.rec.cluster = Some(pool.name.clone());
         self.rec.cluster_id = Some(pool.id);
+        let view = view_of(&self.gen, self.gen.routing.default, &pool);
         self.route = Some(Route {
             pool,
+            view,
             kind: PinKind::New,
             rule_id: self.gen.default_rule_id,
             strict: false,
@@ -262,29 +284,32 @@ impl<'p> TurnCtx<'p> {
             return Err(GatewayError::NoUpstream("the turn was not located".into()));
         };
         let pool = route.pool.clone();
+        let state = route.view.clone();
         let (strict, spare, kind) = (route.strict, route.spare, route.kind);
         let userid = self
             .turn
             .as_ref()
             .map(|t| t.userid.clone())
             .unwrap_or_default();
-        match self.send_to(&pool, attempt, &userid, strict).await {
+        match self.send_to(&pool, &state, attempt, &userid, strict).await {
             Ok(a) => Ok(a),
             Err(f) if f.unreachable && spare.is_some() => {
-                let Some(fb) = spare.and_then(|c| self.gen.pools.get(c)) else {
+                let Some((c, fb)) = spare.and_then(|c| Some((c, self.gen.pools.get(c)?))) else {
                     return Err(f.error);
                 };
                 let fb = fb.clone();
+                let state = view_of(&self.gen, c, &fb);
                 tracing::warn!(from = %pool.name, to = %fb.name, "no endpoint could be reached for a new call; sending it to the fallback cluster");
                 self.rec.fallback_from = Some(pool.name.clone());
                 self.rec.cluster = Some(fb.name.clone());
                 self.rec.cluster_id = Some(fb.id);
                 if let Some(r) = &mut self.route {
                     r.pool = fb.clone();
+                    r.view = state.clone();
                     r.spare = None;
                 }
                 // A cluster of its own, with a timeout of its own.
-                self.send_to(&fb, attempt, &userid, strict)
+                self.send_to(&fb, &state, attempt, &userid, strict)
                     .await
                     .map_err(|f| f.error)
             }
@@ -302,20 +327,20 @@ impl<'p> TurnCtx<'p> {
         }
     }
 
-    /// One cluster's try for [`TurnCtx::forward`]: the pool's state loaded once and its
-    /// `timeout` started as the turn's deadline.
+    /// One cluster's try for [`TurnCtx::forward`], on its view in the turn's generation, with
+    /// the cluster's `timeout` started as the turn's deadline.
     async fn send_to<A: Attempt>(
         &mut self,
         pool: &ClusterPool,
+        state: &PoolState,
         attempt: &mut A,
         userid: &str,
         strict: bool,
     ) -> Result<A::Answer, Failed> {
-        let state = pool.state.load_full();
         self.deadline = Instant::now() + state.spec.timeout;
         send_on(
             pool,
-            &state,
+            state,
             attempt,
             userid,
             strict,
@@ -371,12 +396,12 @@ impl<'p> TurnCtx<'p> {
         let Some(route) = &self.route else {
             return false;
         };
-        let https = |p: &ClusterPool| p.state.load().endpoints.iter().any(|e| e.https);
-        https(&route.pool)
+        let https = |v: &PoolState| v.endpoints.iter().any(|e| e.https);
+        https(&route.view)
             || route
                 .spare
-                .and_then(|c| self.gen.pools.get(c))
-                .is_some_and(|fb| https(fb))
+                .and_then(|c| Some(view_of(&self.gen, c, self.gen.pools.get(c)?)))
+                .is_some_and(|fb| https(&fb))
     }
 
     /// The `x-graygate-route` value for this turn, when `decision_header: true` and the turn

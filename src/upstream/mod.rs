@@ -128,6 +128,8 @@ struct PreparedCluster {
     change: Change,
 }
 
+// One per cluster per reload, never on the hot path: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Change {
     /// The pool stays as it is.
     Keep(Arc<ClusterPool>),
@@ -139,7 +141,7 @@ enum Change {
     },
     /// A new cluster.
     Create {
-        spec: ClusterSpec,
+        spec: Box<ClusterSpec>,
         endpoints: Vec<Arc<Endpoint>>,
         client: client::Client,
         embedded: Option<embedded::EmbeddedCluster>,
@@ -232,7 +234,7 @@ impl Upstreams {
                     };
                     Change::Create {
                         client: build_client(spec).await.map_err(fail)?,
-                        spec: spec.clone(),
+                        spec: Box::new(spec.clone()),
                         endpoints,
                         embedded,
                     }
@@ -346,7 +348,7 @@ impl Upstreams {
                     let pool = ClusterPool::with_client(
                         c.name.clone(),
                         c.id,
-                        spec,
+                        *spec,
                         endpoints,
                         client,
                         self.metrics.clone(),
