@@ -50,3 +50,34 @@ fn flow_load_corpus() {
         }
     }
 }
+
+#[test]
+fn path_classify_corpus() {
+    // The same input shape as fuzz_targets/path_classify.rs: a prefix selector, then the path.
+    const PREFIXES: [&str; 4] = [
+        "",
+        "/oifde/rest/",
+        "/oifde/rest/v2/crs/",
+        "/OIFDE/rest/crs/",
+    ];
+    let mut respelled = 0;
+    for data in inputs("path_classify") {
+        let Some((&sel, rest)) = data.split_first() else {
+            continue;
+        };
+        let Ok(tail) = std::str::from_utf8(rest) else {
+            continue;
+        };
+        let path = format!("{}{tail}", PREFIXES[usize::from(sel) % PREFIXES.len()]);
+        let class = graygate::protocol::DialogPath::classify(&path);
+        if class == graygate::protocol::DialogPath::Other {
+            assert!(!graygate::protocol::is_dialog_spelling(&path), "{path:?}");
+        }
+        respelled += usize::from(class == graygate::protocol::DialogPath::OtherSpelling);
+    }
+    // The seeds include other spellings of both interfaces: they must be seen as such.
+    assert!(
+        respelled >= 5,
+        "only {respelled} other spellings recognized in the seeds"
+    );
+}
