@@ -185,3 +185,118 @@ fn schema_is_generated_and_rejects_unknown_keys() {
         "docs/routes.schema.json is stale: run `graygate schema > docs/routes.schema.json`"
     );
 }
+
+/// A file against itself: no change, nobody moves (issue 13, acceptance).
+#[test]
+fn diff_of_a_file_against_itself_reports_no_change() {
+    let f = "tests/fixtures/routes/good/full.yaml";
+    let (code, out, err) = graygate(&["diff", f, f, "--sample", "5000", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for (k, list) in v["changes"].as_object().unwrap() {
+        assert_eq!(list.as_array().map(Vec::len), Some(0), "{k}: {list}");
+    }
+    for m in v["rules"].as_array().unwrap() {
+        assert_eq!(m["moved"], 0.0, "{m}");
+    }
+    let (_, out, _) = graygate(&["diff", f, f, "--sample", "1000"]);
+    assert!(out.starts_with("changes: no change\n"), "{out}");
+}
+
+/// `diff` names the rule and the cluster that changed, and samples rules with `fields`,
+/// `headers` and userid conditions (they used to get no samples at all).
+#[test]
+fn diff_names_what_changed_and_samples_every_kind_of_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = std::fs::read_to_string("tests/fixtures/routes/good/full.yaml").unwrap();
+    let new = old
+        .replace(
+            "    fields: { inparams.channelType: [WEB] }\n    headers: { x-gray: [canary] }\n    cluster: canary",
+            "    fields: { inparams.channelType: [WEB] }\n    headers: { x-gray: [canary] }\n    cluster: stable",
+        )
+        .replace("prefix: [test-]", "prefix: [qa-]")
+        .replace("    endpoints: [http://10.0.0.21:8080]", "    endpoints: [http://10.0.0.22:8080]");
+    assert_ne!(old, new);
+    let (a, b) = (dir.path().join("old.yaml"), dir.path().join("new.yaml"));
+    std::fs::write(&a, &old).unwrap();
+    std::fs::write(&b, &new).unwrap();
+    let (code, out, err) = graygate(&[
+        "diff",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--sample",
+        "20000",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ch = &v["changes"];
+    assert_eq!(
+        ch["rules_changed"],
+        serde_json::json!(["testers", "channel-web"]),
+        "{ch}"
+    );
+    assert_eq!(
+        ch["clusters_changed"],
+        serde_json::json!(["canary"]),
+        "{ch}"
+    );
+    assert_eq!(ch["rules_added"], serde_json::json!([]), "{ch}");
+    assert_eq!(ch["settings_changed"], serde_json::json!([]), "{ch}");
+    let rule = |name: &str| {
+        v["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == name)
+            .unwrap_or_else(|| panic!("{name} has no samples: {v}"))
+            .clone()
+    };
+    // The header-and-field rule is sampled, and all of its calls now go to stable.
+    let web = rule("channel-web");
+    assert!(web["samples"].as_u64().unwrap() > 100, "{web}");
+    assert_eq!(web["moved"], 1.0, "{web}");
+    assert_eq!(web["flows"]["canary -> stable"], 1.0, "{web}");
+    // The prefix rule is sampled; `test-…` userids no longer match it and go to the split,
+    // which sends most of them to stable.
+    let testers = rule("testers");
+    assert!(testers["samples"].as_u64().unwrap() > 100, "{testers}");
+    assert!(testers["moved"].as_f64().unwrap() > 0.8, "{testers}");
+    let (_, out, _) = graygate(&[
+        "diff",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--sample",
+        "2000",
+    ]);
+    assert!(
+        out.starts_with("changes: clusters changed: canary; rules changed: testers, channel-web\n"),
+        "{out}"
+    );
+}
+
+/// A file deployed with a Secret's token (deploy/k8s): `check` off-cluster notes the missing
+/// file and passes; a file that is there but empty is still an error.
+#[test]
+fn check_notes_a_named_file_that_is_not_on_this_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("routes.yaml");
+    let yaml = "admin_token_file: /nonexistent/graygate-admin/token\nclusters:\n  stable: { endpoints: [http://127.0.0.1:1] }\ndefault: stable\n";
+    std::fs::write(&p, yaml).unwrap();
+    let (code, out, err) = graygate(&["check", "-c", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ok"), "{out}");
+    assert!(
+        err.contains(":1:1: note: admin_token_file: `/nonexistent/graygate-admin/token` is not on this machine"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("token"), "  \n").unwrap();
+    std::fs::write(
+        &p,
+        yaml.replace("/nonexistent/graygate-admin/token", "token"),
+    )
+    .unwrap();
+    let (code, out, _) = graygate(&["check", "-c", p.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is empty"), "{out}");
+}

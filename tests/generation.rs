@@ -377,3 +377,88 @@ async fn a_turn_open_across_a_reload_keeps_its_generation() {
     let a = c.turn(&gw, None, "after-1", 8, None).await;
     assert_eq!(a.upstream(), Some("new"));
 }
+
+fn sha256_hex(data: &[u8]) -> String {
+    graygate::config::sha256_hex(data)
+}
+
+/// Acceptance: `POST /admin/reload` of the same file twice answers 200 both times and changes
+/// nothing; a file that differs only in a comment is a new generation whose plan says "no
+/// change"; a changed rule is named in the plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_file_reloaded_twice_is_200_and_changes_nothing() {
+    let up = Upstream::start("stable").await;
+    let yaml = format!(
+        "{}rules:\n  - name: web\n    headers: {{ x-gray: [canary] }}\n    cluster: stable\n",
+        stable_only(&up)
+    );
+    let gw = Gateway::start(&yaml).await;
+    let c = Client::new();
+    for _ in 0..2 {
+        let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.json()["generation"], 1);
+    }
+    let history = || async {
+        c.request("GET", &gw.admin_url("/admin/history"), &[], "")
+            .await
+            .json()["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(history().await.len(), 1, "only the start event");
+    gw.write_config(&format!("# a comment\n{yaml}"));
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["generation"], 2);
+    let ev = history().await;
+    let changes = &ev[0]["plan"]["changes"];
+    for (k, list) in changes.as_object().unwrap() {
+        assert_eq!(list.as_array().map(Vec::len), Some(0), "{k}: {changes}");
+    }
+    gw.write_config(&yaml.replace("[canary]", "[beta]"));
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 200);
+    let ev = history().await;
+    assert_eq!(
+        ev[0]["plan"]["changes"]["rules_changed"],
+        serde_json::json!(["web"]),
+        "{}",
+        ev[0]
+    );
+}
+
+/// Point 6: the hash a failed reload records is that of the bytes it compiled (the file is
+/// read once), shown in `/admin/config` and the history; a fix then applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_records_the_hash_of_the_bytes_it_compiled() {
+    let up = Upstream::start("stable").await;
+    let gw = Gateway::start(&stable_only(&up)).await;
+    let c = Client::new();
+    let bad = stable_only(&up).replace("5s", "soon");
+    gw.write_config(&bad);
+    let bytes = std::fs::read(&gw.path).unwrap();
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 422);
+    let cfg = c
+        .request("GET", &gw.admin_url("/admin/config"), &[], "")
+        .await
+        .json();
+    assert_eq!(cfg["last_reload_error_sha256"], sha256_hex(&bytes), "{cfg}");
+    let ev = c
+        .request("GET", &gw.admin_url("/admin/history"), &[], "")
+        .await
+        .json();
+    assert_eq!(ev["events"][0]["kind"], "reload_failed", "{ev}");
+    assert_eq!(ev["events"][0]["sha256"], sha256_hex(&bytes), "{ev}");
+    gw.write_config(&stable_only(&up).replace("5s", "6s"));
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["generation"], 2);
+    let cfg = c
+        .request("GET", &gw.admin_url("/admin/config"), &[], "")
+        .await
+        .json();
+    assert!(cfg["last_reload_error_sha256"].is_null(), "{cfg}");
+}

@@ -18,7 +18,7 @@ pub struct DiffArgs {
 }
 
 pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
-    let load = |p: &PathBuf| crate::config::load(p);
+    let load = |p: &PathBuf| crate::config::load_offline(p).map(|(s, _)| s);
     let (old, new) = match (load(&args.old), load(&args.new)) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {

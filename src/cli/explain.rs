@@ -32,8 +32,8 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let snap = match crate::config::load(&args.config) {
-        Ok(s) => s,
+    let snap = match crate::config::load_offline(&args.config) {
+        Ok((s, _)) => s,
         Err(errs) => {
             eprintln!("{errs}");
             return Ok(ExitCode::from(1));

@@ -21,11 +21,25 @@ use crate::router::{Routing, Rule, Target, UseridMatch};
 use crate::snapshot::{ClusterEntry, Limits, ListenerTls, Snapshot, StoreSpec};
 use crate::upstream::{Balance, ClusterSpec, EmbeddedSpec, HealthSpec, OutlierSpec, TlsSpec};
 
+/// How the files a config names (certificates, keys, the admin token, flow files) are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// Where graygate runs (`serve`, a reload): every named file must be there.
+    Here,
+    /// Maybe elsewhere (`check`, `explain`, `diff` on a laptop or in CI, of a file deployed in
+    /// a pod): a file that does not exist here is a note, not an error; one that exists is
+    /// checked as `Here` does.
+    MaybeElsewhere,
+}
+
 struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
     base: &'a Path,
     errors: LocatedErrors,
+    files: Files,
+    /// Named files not found here, with [`Files::MaybeElsewhere`].
+    notes: Vec<Located>,
 }
 
 impl Ctx<'_> {
@@ -59,9 +73,24 @@ impl Ctx<'_> {
     fn check_file(&mut self, path: &str, p: &str) -> PathBuf {
         let full = self.resolve(p);
         if let Err(e) = std::fs::metadata(&full) {
-            self.err(path, format!("cannot read `{}`: {e}", full.display()));
+            self.file_error(path, &full, &e);
         }
         full
+    }
+
+    /// A named file that cannot be read: an error, or a note when it is simply not on this
+    /// machine and the file may be checked away from where it runs.
+    fn file_error(&mut self, path: &str, full: &Path, e: &std::io::Error) {
+        if self.files == Files::MaybeElsewhere && e.kind() == std::io::ErrorKind::NotFound {
+            let msg = format!(
+                "`{}` is not on this machine: not checked here (graygate reads it where it runs)",
+                full.display()
+            );
+            self.notes
+                .push(Located::at_path(self.file, self.text, path, msg));
+        } else {
+            self.err(path, format!("cannot read `{}`: {e}", full.display()));
+        }
     }
 }
 
@@ -86,6 +115,19 @@ pub fn compile(
     config_path: &Path,
     unknown_keys: Vec<Located>,
 ) -> Result<Snapshot, LocatedErrors> {
+    compile_with(rf, file, text, config_path, unknown_keys, Files::Here).map(|(s, _)| s)
+}
+
+/// [`compile`], with the named files checked as `files` says; also returns the notes about
+/// files not found here ([`Files::MaybeElsewhere`]).
+pub fn compile_with(
+    rf: RoutesFile,
+    file: &str,
+    text: &str,
+    config_path: &Path,
+    unknown_keys: Vec<Located>,
+    files: Files,
+) -> Result<(Snapshot, Vec<Located>), LocatedErrors> {
     let base = config_path
         .parent()
         .map(Path::to_path_buf)
@@ -95,6 +137,8 @@ pub fn compile(
         text,
         base: &base,
         errors: LocatedErrors(unknown_keys),
+        files,
+        notes: Vec::new(),
     };
 
     let listen = parse_addr(
@@ -124,10 +168,7 @@ pub fn compile(
                 None
             }
             Err(e) => {
-                ctx.err(
-                    "admin_token_file",
-                    format!("cannot read `{}`: {e}", full.display()),
-                );
+                ctx.file_error("admin_token_file", &full, &e);
                 None
             }
         }
@@ -348,7 +389,7 @@ pub fn compile(
     let draining = clusters.iter().map(|c| c.spec.drain).collect();
     let rule_ids = rules.iter().map(|r| names::intern(&r.name)).collect();
     let routing = Routing::new(rules, default, names_list, draining, fallback);
-    Ok(Snapshot {
+    let snap = Snapshot {
         generation: 0,
         sha256: sha256_hex(text.as_bytes()),
         loaded_at_ms: crate::clock::wall_ms(),
@@ -370,7 +411,8 @@ pub fn compile(
         default_rule_id: names::intern("default"),
         pools: Vec::new(),
         views: Vec::new(),
-    })
+    };
+    Ok((snap, ctx.notes))
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

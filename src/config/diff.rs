@@ -1,16 +1,20 @@
 //! `Snapshot × Snapshot → SnapshotDiff`: what a new file changes, by name.
 //!
-//! One pure function feeds the reload log line and `graygate diff`. The moved share of new
-//! calls is measured, not guessed: the same deterministic userid samples are routed under both
-//! snapshots, per rule of the old file, and the clusters they land on are compared.
+//! One pure function feeds the reload log line, the history's `plan` and `graygate diff`. It
+//! names every cluster and rule that appears, disappears or changes (a rule's conditions, target
+//! or split; a cluster's settings), and the top-level settings that differ; a file compared with
+//! itself has no change. The moved share of new calls is measured, not guessed: the same
+//! deterministic samples are routed under both snapshots and the clusters they land on are
+//! compared, per rule of the old file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use http::HeaderMap;
+use compact_str::CompactString;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::probe::{Dialog, Turn};
-use crate::router::{decide, RuleRef};
+use crate::router::{decide, Rule, RuleRef, Target};
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
@@ -19,61 +23,172 @@ pub struct SnapshotDiff {
     pub clusters_removed: Vec<String>,
     pub clusters_draining: Vec<String>,
     pub clusters_undrained: Vec<String>,
+    /// Clusters in both files whose settings differ (endpoints, timeouts, health, tls,
+    /// fallback, …; a drain change alone is in `clusters_draining`/`clusters_undrained`).
+    pub clusters_changed: Vec<String>,
     pub rules_added: Vec<String>,
     pub rules_removed: Vec<String>,
+    /// Rules in both files whose conditions, target or split differ.
+    pub rules_changed: Vec<String>,
+    /// Other keys that differ: `default`, `limits`, `pins`, `rule order`, …
+    pub settings_changed: Vec<String>,
 }
 
-/// Names that appear, disappear or change drain state.
-pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDiff {
-    let oc: BTreeMap<&str, bool> = old
-        .clusters
-        .iter()
-        .map(|c| (&*c.name, c.spec.drain))
-        .collect();
-    let nc: BTreeMap<&str, bool> = new
-        .clusters
-        .iter()
-        .map(|c| (&*c.name, c.spec.drain))
-        .collect();
-    let or: Vec<&str> = old.routing.rules.iter().map(|r| &*r.name).collect();
-    let nr: Vec<&str> = new.routing.rules.iter().map(|r| &*r.name).collect();
-    SnapshotDiff {
-        clusters_added: nc
-            .keys()
-            .filter(|k| !oc.contains_key(*k))
-            .map(|s| s.to_string())
-            .collect(),
-        clusters_removed: oc
-            .keys()
-            .filter(|k| !nc.contains_key(*k))
-            .map(|s| s.to_string())
-            .collect(),
-        clusters_draining: nc
-            .iter()
-            .filter(|(k, d)| **d && !oc.get(*k).copied().unwrap_or(false))
-            .map(|(k, _)| k.to_string())
-            .collect(),
-        clusters_undrained: nc
-            .iter()
-            .filter(|(k, d)| !**d && oc.get(*k).copied().unwrap_or(false))
-            .map(|(k, _)| k.to_string())
-            .collect(),
-        rules_added: nr
-            .iter()
-            .filter(|r| !or.contains(r))
-            .map(|s| s.to_string())
-            .collect(),
-        rules_removed: or
-            .iter()
-            .filter(|r| !nr.contains(r))
-            .map(|s| s.to_string())
-            .collect(),
+impl SnapshotDiff {
+    /// Nothing differs.
+    pub fn is_empty(&self) -> bool {
+        self == &SnapshotDiff::default()
     }
 }
 
-/// One line for the reload log.
-pub fn summarize(old: &Snapshot, new: &Snapshot) -> String {
-    diff(old, new).to_string()
+/// What differs between two snapshots, by name. Linear in the number of rules.
+pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDiff {
+    let oc: BTreeMap<&str, usize> = old
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (&*c.name, i))
+        .collect();
+    let nc: BTreeMap<&str, usize> = new
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (&*c.name, i))
+        .collect();
+    let mut d = SnapshotDiff::default();
+    for (name, &j) in &nc {
+        let n = &new.clusters[j];
+        match oc.get(name) {
+            None => {
+                d.clusters_added.push(name.to_string());
+                if n.spec.drain {
+                    d.clusters_draining.push(name.to_string());
+                }
+            }
+            Some(&i) => {
+                let o = &old.clusters[i];
+                match (o.spec.drain, n.spec.drain) {
+                    (false, true) => d.clusters_draining.push(name.to_string()),
+                    (true, false) => d.clusters_undrained.push(name.to_string()),
+                    _ => {}
+                }
+                let mut same = o.spec.clone();
+                same.drain = n.spec.drain;
+                if same != n.spec {
+                    d.clusters_changed.push(name.to_string());
+                }
+            }
+        }
+    }
+    d.clusters_removed = oc
+        .keys()
+        .filter(|k| !nc.contains_key(*k))
+        .map(|s| s.to_string())
+        .collect();
+
+    let or: HashMap<&str, usize> = old
+        .routing
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (&*r.name, i))
+        .collect();
+    let nr: HashMap<&str, usize> = new
+        .routing
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (&*r.name, i))
+        .collect();
+    // In both files: the order of the old file, to see a reordering.
+    let mut common_new_positions = Vec::new();
+    for r in &old.routing.rules {
+        match nr.get(&*r.name) {
+            None => d.rules_removed.push(r.name.to_string()),
+            Some(&j) => {
+                common_new_positions.push(j);
+                if !same_rule(old, r, new, &new.routing.rules[j]) {
+                    d.rules_changed.push(r.name.to_string());
+                }
+            }
+        }
+    }
+    d.rules_added = new
+        .routing
+        .rules
+        .iter()
+        .filter(|r| !or.contains_key(&*r.name))
+        .map(|r| r.name.to_string())
+        .collect();
+
+    let s = &mut d.settings_changed;
+    let mut differs = |key: &str, changed: bool| {
+        if changed {
+            s.push(key.to_string());
+        }
+    };
+    differs(
+        "default",
+        old.routing.cluster_name(old.routing.default)
+            != new.routing.cluster_name(new.routing.default),
+    );
+    differs(
+        "rule order",
+        common_new_positions.windows(2).any(|w| w[0] > w[1]),
+    );
+    differs("listen", old.listen != new.listen);
+    differs("admin", old.admin != new.admin);
+    differs("tls", old.tls != new.tls);
+    differs("admin_token_file", old.admin_token != new.admin_token);
+    differs(
+        "decision_header",
+        old.decision_header != new.decision_header,
+    );
+    differs(
+        "listen_proxy_protocol",
+        old.listen_proxy_protocol != new.listen_proxy_protocol,
+    );
+    differs("tracing.otlp", old.otlp != new.otlp);
+    differs("limits", old.limits != new.limits);
+    differs("pins", old.pins != new.pins);
+    differs("pins.store", old.store != new.store);
+    d
+}
+
+/// The same conditions, target and split (cluster names, weights and salt) in both files.
+fn same_rule(os: &Snapshot, a: &Rule, ns: &Snapshot, b: &Rule) -> bool {
+    let field_path = |s: &'_ Snapshot, i: u16| s.probe.paths().get(i as usize).cloned();
+    let userid_same = match (&a.userid, &b.userid) {
+        (None, None) => true,
+        (Some(x), Some(y)) => {
+            x.exact == y.exact
+                && x.prefix == y.prefix
+                && x.suffix == y.suffix
+                && x.regex.as_ref().map(|r| r.as_str()) == y.regex.as_ref().map(|r| r.as_str())
+        }
+        _ => false,
+    };
+    let fields_same = a.fields.len() == b.fields.len()
+        && a.fields
+            .iter()
+            .zip(&b.fields)
+            .all(|((i, v), (j, w))| v == w && field_path(os, *i) == field_path(ns, *j));
+    let target_same = match (&a.target, &b.target) {
+        (Target::Cluster(x), Target::Cluster(y)) => {
+            os.routing.cluster_name(*x) == ns.routing.cluster_name(*y)
+        }
+        (Target::Split(x), Target::Split(y)) => {
+            x.candidates.len() == y.candidates.len()
+                && x.candidates.iter().zip(&y.candidates).all(|(p, q)| {
+                    // The seed is the salt's and the cluster name's hash.
+                    p.weight == q.weight
+                        && p.seed == q.seed
+                        && os.routing.cluster_name(p.cluster) == ns.routing.cluster_name(q.cluster)
+                })
+        }
+        _ => false,
+    };
+    a.vdn == b.vdn && userid_same && fields_same && a.headers == b.headers && target_same
 }
 
 impl fmt::Display for SnapshotDiff {
@@ -84,15 +199,26 @@ impl fmt::Display for SnapshotDiff {
             ("clusters removed", &self.clusters_removed),
             ("draining", &self.clusters_draining),
             ("no longer draining", &self.clusters_undrained),
+            ("clusters changed", &self.clusters_changed),
             ("rules added", &self.rules_added),
             ("rules removed", &self.rules_removed),
+            ("rules changed", &self.rules_changed),
+            ("settings changed", &self.settings_changed),
         ] {
-            if !v.is_empty() {
-                parts.push(format!("{label}: {}", v.join(", ")));
+            if v.is_empty() {
+                continue;
             }
+            // The log line stays readable when a file renames thousands of rules; the JSON
+            // (`graygate diff --json`, the history) has every name.
+            const SHOWN: usize = 20;
+            let mut s = format!("{label}: {}", v[..v.len().min(SHOWN)].join(", "));
+            if v.len() > SHOWN {
+                s.push_str(&format!(" and {} more", v.len() - SHOWN));
+            }
+            parts.push(s);
         }
         if parts.is_empty() {
-            f.write_str("rules or settings changed")
+            f.write_str("no change")
         } else {
             f.write_str(&parts.join("; "))
         }
@@ -111,44 +237,152 @@ pub struct RuleMove {
     pub flows: BTreeMap<String, f64>,
 }
 
-/// Route `samples` deterministic userids per vdn class under both snapshots and report, per
-/// old rule, the share whose cluster changes. The samples cover every vdn the old rules name
-/// (first value of each range), an unnamed vdn, and V1; `fields` and `headers` conditions see
-/// an empty body and no headers, so rules that need them are reported with no samples.
-pub fn moved_shares(old: &Snapshot, new: &Snapshot, samples: usize) -> Vec<RuleMove> {
-    let mut dialogs = vec![Dialog::V1];
-    let mut vdns: Vec<u32> = old
-        .routing
-        .rules
-        .iter()
-        .chain(new.routing.rules.iter())
-        .flat_map(|r| r.vdn.iter().flatten().map(|(lo, _)| *lo))
+/// How the userids of a class of samples are made.
+enum Userids {
+    /// `sample-<k>`.
+    Sample,
+    Prefix(String),
+    Suffix(String),
+    /// A rule's `exact` values (at most [`EXACT_TAKEN`], in sorted order), in turn.
+    Exact(Vec<String>),
+}
+
+const EXACT_TAKEN: usize = 64;
+
+/// A kind of new call the samples are drawn from: its dialog (V1 or a vdn), the body fields and
+/// headers it carries (by path, so that each snapshot numbers them its own way) and its userids.
+struct Class {
+    dialog: Dialog,
+    fields: Vec<(String, CompactString)>,
+    headers: HeaderMap,
+    userids: Userids,
+}
+
+/// The classes: V1, every vdn a rule of either file names (first value of each range), a vdn
+/// no rule names, and for every rule of either file with `fields`, `headers` or a userid
+/// condition, a call that meets them (its first vdn, the first accepted value of each field
+/// and header, userids with its prefix, suffix or exact values). A `regex` alone gets sample
+/// userids, which may or may not match.
+fn classes(old: &Snapshot, new: &Snapshot) -> Vec<Class> {
+    let all = || {
+        old.routing
+            .rules
+            .iter()
+            .map(move |r| (old, r))
+            .chain(new.routing.rules.iter().map(move |r| (new, r)))
+    };
+    let mut vdns: Vec<u32> = all()
+        .flat_map(|(_, r)| r.vdn.iter().flatten().map(|(lo, _)| *lo))
         .collect();
     vdns.sort_unstable();
     vdns.dedup();
-    let unnamed = (1..u32::MAX).find(|v| !vdns.contains(v)).unwrap_or(0);
-    dialogs.extend(vdns.iter().map(|v| Dialog::V2(*v)));
-    dialogs.push(Dialog::V2(unnamed));
-    let headers = HeaderMap::new();
-    let mut per_rule: BTreeMap<String, (usize, usize, BTreeMap<String, usize>)> = BTreeMap::new();
-    for (k, userid) in sample_userids(samples).iter().enumerate() {
-        let dialog = dialogs[k % dialogs.len()];
-        let turn = Turn {
+    let unnamed = (1..u32::MAX)
+        .find(|v| vdns.binary_search(v).is_err())
+        .unwrap_or(0);
+    let plain = |dialog| Class {
+        dialog,
+        fields: Vec::new(),
+        headers: HeaderMap::new(),
+        userids: Userids::Sample,
+    };
+    let mut out = vec![plain(Dialog::V1)];
+    out.extend(vdns.iter().map(|v| plain(Dialog::V2(*v))));
+    out.push(plain(Dialog::V2(unnamed)));
+    for (s, r) in all() {
+        let userids = match &r.userid {
+            Some(u) if !u.prefix.is_empty() => Userids::Prefix(u.prefix[0].clone()),
+            Some(u) if !u.suffix.is_empty() => Userids::Suffix(u.suffix[0].clone()),
+            Some(u) if !u.exact.is_empty() => {
+                let mut v: Vec<String> = u.exact.iter().map(|e| e.to_string()).collect();
+                v.sort_unstable();
+                v.truncate(EXACT_TAKEN);
+                Userids::Exact(v)
+            }
+            _ => Userids::Sample,
+        };
+        if r.fields.is_empty() && r.headers.is_empty() && matches!(userids, Userids::Sample) {
+            continue;
+        }
+        let fields = r
+            .fields
+            .iter()
+            .filter_map(|(i, values)| {
+                let path = s.probe.paths().get(*i as usize)?;
+                Some((path.clone(), CompactString::from(values.first()?.as_str())))
+            })
+            .collect();
+        let mut headers = HeaderMap::new();
+        for (name, values) in &r.headers {
+            if let Some(v) = values.first().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.append(HeaderName::clone(name), v);
+            }
+        }
+        let dialog = match r.vdn.as_ref().and_then(|v| v.first()) {
+            Some((lo, _)) => Dialog::V2(*lo),
+            None => Dialog::V2(unnamed),
+        };
+        out.push(Class {
             dialog,
+            fields,
+            headers,
+            userids,
+        });
+    }
+    out
+}
+
+/// The fields of a class as one snapshot's probe numbers them (paths it does not read are left
+/// out: none of its rules looks at them).
+fn fields_for(index: &HashMap<&str, u16>, c: &Class) -> Vec<(u16, CompactString)> {
+    c.fields
+        .iter()
+        .filter_map(|(p, v)| index.get(p.as_str()).map(|i| (*i, v.clone())))
+        .collect()
+}
+
+/// Route `samples` deterministic calls under both snapshots and report, per old rule, the share
+/// whose cluster changes. The samples are spread over the [`classes`], so that rules with vdn,
+/// field, header and userid conditions are sampled too.
+pub fn moved_shares(old: &Snapshot, new: &Snapshot, samples: usize) -> Vec<RuleMove> {
+    let classes = classes(old, new);
+    fn index(s: &Snapshot) -> HashMap<&str, u16> {
+        s.probe
+            .paths()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_str(), i as u16))
+            .collect()
+    }
+    let (oi, ni) = (index(old), index(new));
+    let mut per_rule: BTreeMap<String, (usize, usize, BTreeMap<String, usize>)> = BTreeMap::new();
+    for k in 0..samples {
+        let c = &classes[k % classes.len()];
+        let sample = format!("sample-{k:08}");
+        let userid = match &c.userids {
+            Userids::Sample => sample,
+            Userids::Prefix(p) => format!("{p}{sample}"),
+            Userids::Suffix(s) => format!("{sample}{s}"),
+            Userids::Exact(v) => v[(k / classes.len()) % v.len()].clone(),
+        };
+        let turn = |fields| Turn {
+            dialog: c.dialog,
             userid: userid.as_str().into(),
             inaction: crate::protocol::Inaction::INIT,
             hangup: false,
-            fields: Vec::new(),
+            fields,
         };
-        let a = decide(&turn, &headers, &old.routing);
-        let b = decide(&turn, &headers, &new.routing);
-        let from = old.routing.cluster_name(a.cluster).to_string();
-        let to = new.routing.cluster_name(b.cluster).to_string();
+        let a = decide(&turn(fields_for(&oi, c)), &c.headers, &old.routing);
+        let b = decide(&turn(fields_for(&ni, c)), &c.headers, &new.routing);
+        let from = old.routing.cluster_name(a.cluster);
+        let to = new.routing.cluster_name(b.cluster);
         let rule = match a.rule {
-            RuleRef::Rule(i) => old.routing.rules[i].name.to_string(),
-            RuleRef::Default => "default".to_string(),
+            RuleRef::Rule(i) => &*old.routing.rules[i].name,
+            RuleRef::Default => "default",
         };
-        let e = per_rule.entry(rule).or_default();
+        let e = match per_rule.get_mut(rule) {
+            Some(e) => e,
+            None => per_rule.entry(rule.to_string()).or_default(),
+        };
         e.0 += 1;
         if from != to {
             e.1 += 1;
@@ -167,9 +401,4 @@ pub fn moved_shares(old: &Snapshot, new: &Snapshot, samples: usize) -> Vec<RuleM
                 .collect(),
         })
         .collect()
-}
-
-/// Deterministic, well-spread userids: `sample-<k>`.
-pub fn sample_userids(n: usize) -> Vec<String> {
-    (0..n).map(|k| format!("sample-{k:08}")).collect()
 }

@@ -79,6 +79,23 @@ pub fn load_str(text: &str, file: &str, path: &Path) -> Result<Snapshot, Located
     compile::compile(raw, file, text, path, unknown)
 }
 
+/// [`load`] for the tools that look at a file away from where it runs (`check`, `explain`,
+/// `diff`): a file the config names (a Secret's token, a certificate) that is not on this
+/// machine is a note, not an error ([`compile::Files::MaybeElsewhere`]). Returns the notes.
+pub fn load_offline(path: &Path) -> Result<(Snapshot, Vec<Located>), LocatedErrors> {
+    let text = read(path)?;
+    let file = path.display().to_string();
+    let (raw, unknown) = parse(&text, &file)?;
+    compile::compile_with(
+        raw,
+        &file,
+        &text,
+        path,
+        unknown,
+        compile::Files::MaybeElsewhere,
+    )
+}
+
 /// Parse the text into a [`raw::RoutesFile`], with every unknown key found (as errors, not yet
 /// sorted). Fails only when the rest of the file cannot be read.
 pub fn parse(text: &str, file: &str) -> Result<(raw::RoutesFile, Vec<Located>), LocatedErrors> {

@@ -29,6 +29,9 @@ const PLAN_SAMPLES: usize = 1000;
 pub struct ReloadStatus {
     pub last_error: Option<Vec<Located>>,
     pub last_error_at_ms: Option<u64>,
+    /// sha256 of the bytes that failed (the very bytes compiled: the file is read once per
+    /// reload, so a fix written meanwhile has another hash and is not skipped as seen).
+    pub last_error_sha256: Option<String>,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     /// Keys that changed in the file but only take effect at restart.
@@ -138,9 +141,9 @@ impl Reloader {
             )]))
         })
         .map_or_else(|e| (None, Err(e)), |(sha, r)| (Some(sha), r));
-        if let Some(sha) = sha {
+        if let Some(sha) = &sha {
             if let Ok(mut l) = self.last_seen.lock() {
-                *l = sha;
+                l.clone_from(sha);
             }
         }
         let result = match loaded {
@@ -162,6 +165,7 @@ impl Reloader {
                     s.reloads_ok += 1;
                     s.last_error = None;
                     s.last_error_at_ms = None;
+                    s.last_error_sha256 = None;
                 }
             }
             Err(errs) => {
@@ -173,6 +177,7 @@ impl Reloader {
                         "trigger": trigger,
                         "path": self.path.display().to_string(),
                         "running_generation": self.live.load().generation,
+                        "sha256": sha,
                         "errors": errs.0.iter().map(|e| serde_json::json!({"line": e.line, "column": e.column, "path": e.path, "message": e.message})).collect::<Vec<_>>(),
                     }),
                 );
@@ -180,6 +185,7 @@ impl Reloader {
                     s.reloads_failed += 1;
                     s.last_error = Some(errs.0.clone());
                     s.last_error_at_ms = Some(crate::clock::wall_ms());
+                    s.last_error_sha256.clone_from(&sha);
                 }
             }
         }

@@ -495,8 +495,9 @@
     if (!c) return '';
     const parts = [];
     for (const [k, label] of [['clusters_added', 'clusters added'], ['clusters_removed', 'clusters removed'],
-      ['clusters_draining', 'draining'], ['clusters_undrained', 'no longer draining'],
-      ['rules_added', 'rules added'], ['rules_removed', 'rules removed'], ['rules_changed', 'rules changed']]) {
+      ['clusters_draining', 'draining'], ['clusters_undrained', 'no longer draining'], ['clusters_changed', 'clusters changed'],
+      ['rules_added', 'rules added'], ['rules_removed', 'rules removed'], ['rules_changed', 'rules changed'],
+      ['settings_changed', 'settings changed']]) {
       if (Array.isArray(c[k]) && c[k].length) parts.push(label + ': ' + c[k].join(', '));
     }
     return parts.join('; ');
