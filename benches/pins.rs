@@ -27,6 +27,9 @@ fn bench(c: &mut Criterion) {
         generation: 1,
         created_at_ms: 0,
         ending: false,
+        epoch: 0,
+        failed: false,
+        transferred: false,
     };
     let keys: Vec<String> = (0..LIVE).map(|i| format!("1732000000-{i:06}-0")).collect();
     rt.block_on(async {

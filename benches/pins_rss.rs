@@ -38,6 +38,9 @@ fn main() {
         generation: 1,
         created_at_ms: 0,
         ending: false,
+        epoch: 0,
+        failed: false,
+        transferred: false,
     };
     let before = vm_rss_kib();
     rt.block_on(async {

@@ -25,6 +25,8 @@ use crate::pins::persist::PinFile;
 use crate::pins::redis::RedisStore;
 use crate::pins::Store;
 use crate::proxy::{Peer, Proxy};
+use crate::rollout::outcome::Outcomes;
+use crate::rollout::Rollouts;
 use crate::snapshot::{Live, StoreSpec};
 use crate::upstream::Upstreams;
 
@@ -50,6 +52,7 @@ pub struct App {
     pub history: Arc<History>,
     /// The continuous `pins.snapshot` writer (memory store with a snapshot file).
     pub pin_file: Option<Arc<PinFile>>,
+    pub rollouts: Arc<Rollouts>,
     tls: Option<Arc<TlsAcceptor>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -99,6 +102,8 @@ pub struct StartOptions {
     pub debounce: Duration,
     /// How often expired pins and empty retired clusters are swept.
     pub sweep_every: Duration,
+    /// How often the rollouts of §11 are judged.
+    pub judge_every: Duration,
 }
 
 impl Default for StartOptions {
@@ -108,6 +113,7 @@ impl Default for StartOptions {
             sighup: true,
             debounce: Duration::from_millis(200),
             sweep_every: Duration::from_secs(1),
+            judge_every: Duration::from_millis(250),
         }
     }
 }
@@ -162,9 +168,39 @@ impl App {
                 .map_err(StartError::Other)?,
             ),
         };
+        let rollouts = Rollouts::new(metrics.clone());
+        if let Some(pf) = &pin_file {
+            // The rollouts' state is a section of pins.snapshot, written with the pins.
+            if let Some(lines) = pf.take_restored(crate::rollout::SECTION) {
+                let (n, bad) = rollouts.restore_lines(&lines);
+                tracing::info!(
+                    rollouts = n,
+                    unreadable = bad,
+                    "rollout state read from pins.snapshot"
+                );
+            }
+            pf.add_section(Arc::new(crate::rollout::StateSection(rollouts.clone())));
+        }
+        if let Store::Redis(r) = &pins {
+            rollouts.share_via(crate::rollout::shared::Shared::new(r.clone()));
+        }
+        rollouts.bind(&snap.rollouts);
+        let outcomes = Outcomes::new(metrics.clone(), rollouts.clone());
+        {
+            let outcomes = outcomes.clone();
+            pins.set_on_release(Arc::new(move |pin, outcome| {
+                outcomes.released(pin, outcome)
+            }));
+        }
         metrics.reload(true, Some(1));
         let history = Arc::new(History::default());
         history.record(HistoryKind::Applied, start_event(&snap));
+        {
+            let history = history.clone();
+            rollouts.on_transition(Box::new(move |detail| {
+                history.record(HistoryKind::Rollout, detail.clone())
+            }));
+        }
         let live: Live = Arc::new(ArcSwap::from_pointee(snap));
         let reloader = Reloader::new(
             path.to_path_buf(),
@@ -186,6 +222,10 @@ impl App {
             let m = m.clone();
             reloader.on_publish(Box::new(move |s| m.set_max_pins(s.pins.max_pins)));
         }
+        {
+            let rollouts = rollouts.clone();
+            reloader.before_publish(Box::new(move |s| rollouts.bind(&s.rollouts)));
+        }
         let readiness = Arc::new(Readiness::default());
         readiness.set_config_loaded();
         let spans = live
@@ -199,6 +239,7 @@ impl App {
             pins.clone(),
             metrics.clone(),
             spans,
+            outcomes,
         );
         let admin = Arc::new(Admin {
             live: live.clone(),
@@ -209,8 +250,10 @@ impl App {
             readiness: readiness.clone(),
             history: history.clone(),
             pin_file: pin_file.clone(),
+            rollouts: rollouts.clone(),
         });
         let mut tasks = Vec::new();
+        tasks.push(rollouts.spawn_judge(opts.judge_every));
         if opts.watch {
             match reloader.spawn_watch(opts.debounce) {
                 Ok(h) => tasks.push(h),
@@ -253,6 +296,7 @@ impl App {
             admin,
             history,
             pin_file,
+            rollouts,
             tls,
             tasks,
         })

@@ -49,6 +49,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod record;
 pub mod respond;
+pub mod rollout;
 pub mod router;
 pub mod shares;
 pub mod snapshot;

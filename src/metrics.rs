@@ -16,7 +16,7 @@ use prometheus::{
 
 use crate::ids::NameId;
 use crate::record::TurnRecord;
-use crate::vocab::{ErrorCode, ReleaseReason};
+use crate::vocab::{CallOutcome, ErrorCode, ReleaseReason};
 
 /// The names of spec §6, in order (a test holds the exposition to this list).
 pub const NAMES: &[&str] = &[
@@ -40,6 +40,10 @@ pub const NAMES: &[&str] = &[
     "graygate_connections",
     "graygate_rejected_connections_total",
     "graygate_pins_evicted_total",
+    "graygate_call_outcomes_total",
+    "graygate_rollout_share_percent",
+    "graygate_rollout_state",
+    "graygate_rollout_transitions_total",
 ];
 
 /// Latency buckets from 100 µs to 10 s: a gateway hop is sub-millisecond, an ODFS turn is tens
@@ -79,6 +83,10 @@ pub struct Inner {
     /// New calls per rule and cluster over the last minutes, for `/admin/config` and the
     /// console (spec §12); not exported, `graygate_pins_created_total` is the Prometheus side.
     pub shares: crate::shares::ObservedShares,
+    pub call_outcomes: IntCounterVec,
+    pub rollout_share: prometheus::GaugeVec,
+    pub rollout_state: IntGaugeVec,
+    pub rollout_transitions: IntCounterVec,
     /// Series handles of finished turns, by owner (cluster, rule); see [`HandleTable`].
     turn_series: HandleTable<TurnSeries>,
     /// Pin series handles by cluster id.
@@ -87,6 +95,8 @@ pub struct Inner {
     gateway_error_series: Vec<(&'static str, IntCounter)>,
     orphan_routed: IntCounter,
     orphan_rejected: IntCounter,
+    /// Outcome counters by owner (cluster, rule), in [`CallOutcome::ALL`] order.
+    outcome_series: HandleTable<[IntCounter; 4]>,
 }
 
 /// The `inaction` label values, in slot order (`Inaction::label`'s range; "other" also stands
@@ -350,8 +360,40 @@ impl Metrics {
                 &["cluster"],
             ),
             shares: crate::shares::ObservedShares::new(),
+            call_outcomes: counter(
+                &r,
+                "graygate_call_outcomes_total",
+                "Ended calls by the cluster they were pinned to, their rule and outcome",
+                &["cluster", "rule", "outcome"],
+            ),
+            rollout_share: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "graygate_rollout_share_percent",
+                        "Share of new calls a rollout now gives its `to` cluster",
+                    ),
+                    &["rule"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            rollout_state: gauge(
+                &r,
+                "graygate_rollout_state",
+                "1 for a rollout's current state, 0 for the others",
+                &["rule", "state"],
+            ),
+            rollout_transitions: counter(
+                &r,
+                "graygate_rollout_transitions_total",
+                "Rollout transitions by kind",
+                &["rule", "to"],
+            ),
             turn_series: HandleTable::new(),
             pin_series: HandleTable::new(),
+            outcome_series: HandleTable::new(),
             registry: r,
         };
         // Make the zero-valued series visible from the start, so alerts and dashboards see them.
@@ -413,6 +455,19 @@ impl Metrics {
             .with_label_values(&[&name, reason.as_str()])
             .inc();
         self.pin_series(cluster).live.dec();
+    }
+
+    /// A call pinned to `cluster`, routed by `rule`, ended with `outcome` (spec §11): counted
+    /// through the owner's handles, so a call's end costs no label lookup after the first.
+    pub fn call_outcome(&self, cluster: NameId, rule: NameId, outcome: CallOutcome) {
+        let s = self
+            .outcome_series
+            .get(owner_key(Some(cluster), Some(rule)), || {
+                let (c, r) = (crate::ids::name(cluster), crate::ids::name(rule));
+                CallOutcome::ALL
+                    .map(|o| self.call_outcomes.with_label_values(&[&c, &r, o.as_str()]))
+            });
+        s[outcome.index()].inc();
     }
 
     /// Record one finished dialog turn (or other request): every turn metric is derived from

@@ -8,6 +8,7 @@ use compact_str::CompactString;
 
 use crate::ids::NameId;
 use crate::protocol::{Inaction, Outaction, Vdn};
+use crate::vocab::CallOutcome;
 
 #[derive(Debug, Default, Clone)]
 pub struct TurnRecord {
@@ -33,6 +34,16 @@ pub struct TurnRecord {
     pub pin: Option<&'static str>,
     pub status: u16,
     pub outaction: Option<Outaction>,
+    /// The answer's `ret`, when it was read.
+    pub ret: Option<i64>,
+    /// The rollout epoch the turn's call started in (0: no rollout routed it), spec §11: a
+    /// turn of a rollout's call counts its time for the rollout's judge.
+    pub epoch: u64,
+    /// A new call a rollout routed: the share (basis points) that applied.
+    pub step_bp: Option<u32>,
+    /// This turn ended its call without a pin ever being kept (a new call that failed, or
+    /// whose one turn already ended it): the outcome to count (spec §11).
+    pub ended_unpinned: Option<CallOutcome>,
     /// The gateway's own errorCode when it answered itself.
     pub error_code: Option<&'static str>,
     pub fallback_from: Option<Arc<str>>,

@@ -168,11 +168,16 @@ pub fn decision_header(
     pin: &str,
     generation: u64,
     fallback_from: Option<&str>,
+    step: Option<&str>,
 ) -> Option<HeaderValue> {
     let mut s = format!("rule={rule}; cluster={cluster}; pin={pin}; generation={generation}");
     if let Some(f) = fallback_from {
         s.push_str("; fallback=");
         s.push_str(f);
+    }
+    if let Some(step) = step {
+        s.push_str("; step=");
+        s.push_str(step);
     }
     HeaderValue::from_str(&s).ok()
 }
@@ -182,13 +187,28 @@ pub const DECISION_HEADER: &str = "x-graygate-route";
 /// Read `outaction` (a number or a numeric string, A2) from a buffered dialog answer without
 /// building a JSON tree. `None` when absent or unreadable.
 pub fn peek_outaction(body: &[u8]) -> Option<Outaction> {
+    peek_answer(body).outaction
+}
+
+/// What the gateway reads from a dialog answer: `ret` and `outaction` at the top level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnswerPeek {
+    /// `ret` as a number or numeric string; `None` when absent or unreadable.
+    pub ret: Option<i64>,
+    pub outaction: Option<Outaction>,
+}
+
+/// Read `ret` and `outaction` from a buffered dialog answer without building a JSON tree,
+/// stopping as soon as both are found (the ODFS writes `ret` first).
+pub fn peek_answer(body: &[u8]) -> AnswerPeek {
     use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-    /// Sets `found` at the top-level `outaction` key and stops there: the rest of the answer
-    /// (usually the larger part, `outparams`) is not parsed. serde_json checks that a map was
-    /// read to its `}` once the visitor returns, so the early stop is an error that carries
-    /// nothing; `found` holds the answer.
+    /// Sets `found` / `ret` at the top-level keys and stops once both are read: the rest of
+    /// the answer (usually the larger part, `outparams`) is not parsed. serde_json checks that
+    /// a map was read to its `}` once the visitor returns, so the early stop is an error that
+    /// carries nothing; `found` and `ret` hold the answer.
     struct V<'a> {
         found: &'a mut Option<Option<i64>>,
+        ret: &'a mut Option<Option<i64>>,
     }
     impl<'de> Visitor<'de> for V<'_> {
         type Value = ();
@@ -197,11 +217,17 @@ pub fn peek_outaction(body: &[u8]) -> Option<Outaction> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
             while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
-                if k == "outaction" {
+                if k == "outaction" && self.found.is_none() {
                     *self.found = Some(m.next_value::<NumOrStr>()?.0);
-                    return Err(de::Error::custom("stop: outaction found"));
+                } else if k == "ret" && self.ret.is_none() {
+                    *self.ret = Some(m.next_value::<NumOrStr>()?.0);
+                } else {
+                    m.next_value::<IgnoredAny>()?;
+                    continue;
                 }
-                m.next_value::<IgnoredAny>()?;
+                if self.found.is_some() && self.ret.is_some() {
+                    return Err(de::Error::custom("stop: both found"));
+                }
             }
             Ok(())
         }
@@ -237,10 +263,19 @@ pub fn peek_outaction(body: &[u8]) -> Option<Outaction> {
             d.deserialize_any(N)
         }
     }
-    let mut found = None;
+    let (mut found, mut ret) = (None, None);
     let mut de = serde_json::Deserializer::from_slice(body);
-    let _ = de::Deserializer::deserialize_map(&mut de, V { found: &mut found });
-    found.flatten().map(Outaction)
+    let _ = de::Deserializer::deserialize_map(
+        &mut de,
+        V {
+            found: &mut found,
+            ret: &mut ret,
+        },
+    );
+    AnswerPeek {
+        ret: ret.flatten(),
+        outaction: found.flatten().map(Outaction),
+    }
 }
 
 #[cfg(test)]
@@ -312,5 +347,26 @@ mod tests {
             peek_outaction(br#"{"ret":0,"outaction":10,"outparams":{"#),
             Some(Outaction(10))
         );
+    }
+
+    #[test]
+    fn ret_and_outaction_in_any_order() {
+        let p = |b: &[u8]| peek_answer(b);
+        assert_eq!(
+            p(br#"{"ret":0,"outaction":11}"#),
+            AnswerPeek {
+                ret: Some(0),
+                outaction: Some(Outaction(11))
+            }
+        );
+        assert_eq!(
+            p(br#"{"outaction":9,"outparams":{"ret":5},"ret":"-1"}"#),
+            AnswerPeek {
+                ret: Some(-1),
+                outaction: Some(Outaction(9))
+            }
+        );
+        assert_eq!(p(br#"{"outaction":9}"#).ret, None);
+        assert_eq!(p(br#"{"ret":-3,"outparams":{"#).ret, Some(-3));
     }
 }

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use crate::ids::NameId;
 use crate::pins::PinPolicy;
 use crate::probe::ProbeSpec;
+use crate::rollout::RolloutEntry;
 use crate::router::Routing;
 use crate::upstream::pool::PoolState;
 use crate::upstream::{ClusterPool, ClusterSpec};
@@ -115,6 +116,9 @@ pub struct Snapshot {
     /// order as `clusters`): a turn that loaded this snapshot uses these to its end, whatever a
     /// later reload stores in the pool. (A retired cluster's pool state no longer changes.)
     pub views: Vec<Arc<PoolState>>,
+    /// The rollout rules' specs with their dials (spec §11), in rule order; bound to the
+    /// rollouts' live state before the generation is published.
+    pub rollouts: Vec<RolloutEntry>,
 }
 
 impl Snapshot {

@@ -138,6 +138,53 @@ impl CallOutcome {
             CallOutcome::Abandoned => "abandoned",
         }
     }
+
+    /// The position in [`CallOutcome::ALL`] (for per-outcome arrays of counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The status of a progressive rollout (spec §11): the `state` label of
+/// `graygate_rollout_state` and the `status` of `/admin/rollouts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutStatus {
+    Running,
+    Paused,
+    Aborted,
+    Completed,
+}
+
+impl RolloutStatus {
+    pub const ALL: [RolloutStatus; 4] = [
+        RolloutStatus::Running,
+        RolloutStatus::Paused,
+        RolloutStatus::Aborted,
+        RolloutStatus::Completed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutStatus::Running => "running",
+            RolloutStatus::Paused => "paused",
+            RolloutStatus::Aborted => "aborted",
+            RolloutStatus::Completed => "completed",
+        }
+    }
+
+    /// The position in [`RolloutStatus::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The status at `i` in [`RolloutStatus::ALL`] (`Running` for anything else).
+    pub fn from_index(i: usize) -> RolloutStatus {
+        RolloutStatus::ALL
+            .get(i)
+            .copied()
+            .unwrap_or(RolloutStatus::Running)
+    }
 }
 
 #[cfg(test)]

@@ -288,7 +288,7 @@ async fn metrics_have_the_contract_names_and_labels() {
         Upstream::start("stable").await,
         Upstream::start("canary").await,
     );
-    let gw = Gateway::start(&two_clusters(&stable, &canary, "    fallback: stable\nrules:\n  - { name: t, vdn: [101], cluster: canary }\ndefault: stable\n")).await;
+    let gw = Gateway::start(&two_clusters(&stable, &canary, "    fallback: stable\nrules:\n  - { name: t, vdn: [101], cluster: canary }\n  - { name: ro, vdn: [300], rollout: { from: stable, to: canary, steps: [1, 100] } }\ndefault: stable\n")).await;
     let c = Client::new();
     c.turn(&gw, Some(101), "m1", 8, None).await;
     c.turn(&gw, Some(101), "m1", 9, Some("hangup")).await;
@@ -319,6 +319,11 @@ async fn metrics_have_the_contract_names_and_labels() {
     has(r#"graygate_upstream_endpoint_healthy{cluster="stable",endpoint="http://"#);
     has(r#"graygate_connections{listener="dialog"}"#);
     has(r#"graygate_rejected_connections_total{reason="max_connections"} 0"#);
+    has(r#"graygate_call_outcomes_total{cluster="canary",outcome="completed",rule="t"} 1"#);
+    has(r#"graygate_rollout_share_percent{rule="ro"} 1"#);
+    has(r#"graygate_rollout_state{rule="ro",state="running"} 1"#);
+    has(r#"graygate_rollout_state{rule="ro",state="aborted"} 0"#);
+    has(r#"graygate_rollout_transitions_total{rule="ro",to="abort"} 0"#);
     has("process_resident_memory_bytes");
     // Never a vdn or userid label.
     assert!(!text.contains("userid=") && !text.contains("vdn="));

@@ -28,7 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("fdlimit", &[]),
     ("process_metrics", &[]),
     ("trace", &["clock"]),
-    ("record", &["protocol", "ids", "trace"]),
+    ("record", &["protocol", "ids", "trace", "vocab"]),
     ("shares", &["ids"]),
     ("history", &["civil", "clock"]),
     (
@@ -45,7 +45,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("telemetry", &["protocol", "record", "civil", "trace"]),
     ("probe", &["protocol"]),
     ("pins", &["protocol", "metrics", "ids", "clock", "vocab"]),
-    ("router", &["protocol", "probe"]),
+    ("router", &["protocol", "probe", "vocab"]),
+    (
+        "rollout",
+        &["router", "pins", "metrics", "ids", "clock", "vocab"],
+    ),
     ("backend", &["protocol", "located", "civil"]),
     (
         "upstream",
@@ -53,7 +57,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "protocol", "metrics", "backend", "ids", "router", "tlsfiles", "fdlimit",
         ],
     ),
-    ("snapshot", &["probe", "router", "pins", "upstream", "ids"]),
+    (
+        "snapshot",
+        &["probe", "router", "rollout", "pins", "upstream", "ids"],
+    ),
     ("respond", &["protocol", "probe", "vocab"]),
     ("admission", &["respond"]),
     (
@@ -67,6 +74,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "probe",
             "pins",
             "router",
+            "rollout",
             "upstream",
             "respond",
             "admission",
@@ -85,8 +93,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "config",
         &[
-            "snapshot", "probe", "router", "pins", "upstream", "protocol", "located", "metrics",
-            "ids", "clock", "history",
+            "snapshot", "probe", "router", "rollout", "pins", "upstream", "protocol", "located",
+            "metrics", "ids", "clock", "history",
         ],
     ),
     (
@@ -98,6 +106,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "pins",
             "upstream",
             "router",
+            "rollout",
             "config",
             "metrics",
             "listener",

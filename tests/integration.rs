@@ -30,6 +30,8 @@ mod pins;
 mod proxy_protocol;
 /// Hot reload under traffic, SIGHUP, retired clusters, graceful restart with pins.
 mod reload;
+/// Progressive rollouts judged by calls (spec §11): abort and completion over embedded clusters.
+mod rollout;
 /// Rule conditions, first-match order, V1 vs V2, split shares and determinism.
 mod routing;
 /// W3C trace context through the gateway and OTLP/HTTP span export (spec §13).

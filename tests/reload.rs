@@ -115,6 +115,7 @@ async fn rollout(mode: Mode) {
         sighup: false,
         debounce: Duration::from_millis(100),
         sweep_every: Duration::from_millis(200),
+        ..StartOptions::default()
     };
     let gw = Gateway::start_path(dir, path, opts).await;
     let c = Client::new();

@@ -13,19 +13,19 @@ use crate::support::*;
 
 // === a redis-server of the test's own ===
 
-struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 /// True when the tests can run; prints SKIP (or fails in CI) when `redis-server` is missing.
-fn redis_or_skip(test: &str) -> bool {
+pub(crate) fn redis_or_skip(test: &str) -> bool {
     have_tool(test, "redis-server", &["--version"])
 }
 
 impl RedisServer {
-    async fn start() -> RedisServer {
+    pub(crate) async fn start() -> RedisServer {
         let mut r = RedisServer::reserve();
         r.spawn().await;
         r
@@ -77,12 +77,12 @@ impl RedisServer {
         assert!(up, "redis-server did not answer on port {}", self.port);
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
     /// SIGKILL, as a crash would.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -90,7 +90,7 @@ impl RedisServer {
     }
 
     /// A direct client, to look at what the gateways wrote.
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn conn(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url().as_str())
             .unwrap()
             .get_multiplexed_async_connection()

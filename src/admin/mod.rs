@@ -30,6 +30,7 @@ pub struct Admin {
     pub history: Arc<History>,
     /// The continuous `pins.snapshot` writer, for its view.
     pub pin_file: Option<Arc<crate::pins::persist::PinFile>>,
+    pub rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 pub type AdminBody = Full<Bytes>;
@@ -147,6 +148,49 @@ impl Admin {
                 }
             },
             (&Method::GET, "/admin/history") => json(StatusCode::OK, &self.history.view()),
+            (&Method::GET, "/admin/rollouts") => json(StatusCode::OK, &self.rollouts.view()),
+            (m, p) if p.starts_with("/admin/rollouts/") => {
+                let rest = &p["/admin/rollouts/".len()..];
+                if *m != Method::POST {
+                    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "POST an action");
+                    r.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                    return r;
+                }
+                let Some((name, action)) = rest.rsplit_once('/') else {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        "POST /admin/rollouts/{name}/{pause|resume|abort|promote}",
+                    );
+                };
+                let name = percent_decode(name);
+                let Some(action) = crate::rollout::machine::Action::parse(action) else {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        "the actions are pause, resume, abort and promote",
+                    );
+                };
+                let reason = match read_reason(req).await {
+                    Ok(r) => r,
+                    Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+                };
+                match self
+                    .rollouts
+                    .act_any(&name, action, reason.as_deref())
+                    .await
+                {
+                    Ok(v) => json(StatusCode::OK, &v),
+                    Err(crate::rollout::ActError::Unknown) => {
+                        error(StatusCode::NOT_FOUND, "no rollout of that name")
+                    }
+                    Err(crate::rollout::ActError::Conflict(msg)) => {
+                        error(StatusCode::CONFLICT, &msg)
+                    }
+                    Err(crate::rollout::ActError::Unavailable(msg)) => {
+                        error(StatusCode::SERVICE_UNAVAILABLE, &msg)
+                    }
+                }
+            }
             (&Method::GET, "/admin/explain") => {
                 views::explain(&self, req.uri().query().unwrap_or("")).await
             }
@@ -174,9 +218,11 @@ impl Admin {
                     }
                 }
             }
-            (_, "/admin/config" | "/admin/reload" | "/admin/explain" | "/admin/history") => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "wrong method for this path")
-            }
+            (
+                _,
+                "/admin/config" | "/admin/reload" | "/admin/explain" | "/admin/history"
+                | "/admin/rollouts",
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, "wrong method for this path"),
             _ => error(StatusCode::NOT_FOUND, "no such admin path"),
         }
     }
@@ -200,6 +246,30 @@ fn same_origin(h: &http::HeaderMap, authority: Option<&str>) -> bool {
         .and_then(|v| v.to_str().ok())
         .or(authority);
     matches!((named, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
+/// Longest body an action takes (`{"reason": "…"}`).
+const MAX_ACTION_BODY: usize = 4096;
+
+/// The optional `{"reason": "..."}` body of a rollout action.
+async fn read_reason(req: Request<Incoming>) -> Result<Option<String>, String> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_ACTION_BODY);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| format!("the body could not be read (at most {MAX_ACTION_BODY} bytes): {e}"))?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("the body is not JSON: {e}"))?;
+    match v.get("reason") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.chars().take(500).collect())),
+        Some(_) => Err("`reason` must be a string".into()),
+    }
 }
 
 /// Decode `%XX` escapes (and `+` as space in queries).

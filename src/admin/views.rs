@@ -122,6 +122,14 @@ pub fn config(a: &Admin) -> serde_json::Value {
                     let shares = s.candidates.iter().map(|c| (snap.routing.cluster_name(c.cluster).to_string(), c.weight / total.max(f64::MIN_POSITIVE))).collect();
                     (serde_json::json!({ "split": m }), shares)
                 }
+                Target::Rollout(t) => {
+                    let share = f64::from(t.dial.pick().share_bp) / 10_000.0;
+                    let (from, to) = (snap.routing.cluster_name(t.from), snap.routing.cluster_name(t.to));
+                    (
+                        serde_json::json!({"rollout": {"from": from, "to": to, "share": share * 100.0}}),
+                        vec![(to.to_string(), share), (from.to_string(), 1.0 - share)],
+                    )
+                }
             };
             let rule_id = snap.rule_id(crate::router::RuleRef::Rule(i));
             serde_json::json!({
@@ -220,6 +228,7 @@ pub async fn explain(a: &Admin, query: &str) -> Response<AdminBody> {
             "why": e.why,
             "fallback": e.fallback,
             "skipped": e.skipped,
+            "rollout": e.rollout,
             "orphan": orphan,
             "orphan_turns": format!("{:?}", snap.pins.orphan_turns).to_lowercase(),
             "generation": snap.generation,

@@ -82,7 +82,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"rule": e.rule, "cluster": e.cluster, "why": e.why, "fallback": e.fallback, "skipped": e.skipped, "new_call": new_call})
+            serde_json::json!({"rule": e.rule, "cluster": e.cluster, "why": e.why, "fallback": e.fallback, "skipped": e.skipped, "rollout": e.rollout, "new_call": new_call})
         );
     } else {
         println!("rule:    {}", e.rule);
@@ -92,6 +92,12 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "fallback: `{}` while `{}` has no healthy endpoint",
                 f.to, f.from
+            );
+        }
+        if let Some(r) = &e.rollout {
+            println!(
+                "rollout: step {} of {}, {}% of new calls (a fresh rollout; a running gateway's step is in `graygate rollout status`)",
+                r.step, r.steps, r.share
             );
         }
         for s in &e.skipped {

@@ -14,6 +14,7 @@ mod call;
 mod check;
 mod diff;
 mod explain;
+mod rollout;
 mod serve;
 
 #[derive(Debug, Parser)]
@@ -64,6 +65,8 @@ pub enum Command {
     Backend(backend::BackendArgs),
     /// Run one call through a gateway or an ODFS and print each turn.
     Call(call::CallArgs),
+    /// Watch and drive the progressive rollouts of a running gateway.
+    Rollout(rollout::RolloutArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -93,6 +96,7 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Backend(args)) => backend::run(&cli.common, args),
         Some(Command::Call(args)) => call::run(&cli.common, args),
+        Some(Command::Rollout(args)) => rollout::run(args),
     };
     match result {
         Ok(code) => code,

@@ -16,8 +16,9 @@ use crate::ids as names;
 use crate::located::{Located, LocatedErrors};
 use crate::pins::{OrphanPolicy, PinPolicy};
 use crate::probe::ProbeSpec;
+use crate::rollout::RolloutEntry;
 use crate::router::split::Split;
-use crate::router::{Routing, Rule, Target, UseridMatch};
+use crate::router::{Dial, RolloutTarget, Routing, Rule, Target, UseridMatch};
 use crate::snapshot::{ClusterEntry, Limits, ListenerTls, Snapshot, StoreSpec};
 use crate::upstream::{Balance, ClusterSpec, EmbeddedSpec, HealthSpec, OutlierSpec, TlsSpec};
 
@@ -240,6 +241,7 @@ pub fn compile_with(
     // Rules.
     let mut probe = ProbeSpec::new();
     let mut rules = Vec::new();
+    let mut rollouts = Vec::new();
     let mut seen_names: HashSet<&str> = HashSet::new();
     for (i, r) in rf.rules.iter().enumerate() {
         let at = |k: &str| format!("rules[{i}].{k}");
@@ -258,6 +260,9 @@ pub fn compile_with(
             ctx.err(&at("name"), format!("duplicate rule name `{name}`"));
         }
         let target = match (&r.cluster, &r.split) {
+            _ if r.rollout.is_some() => {
+                rollout_target(&mut ctx, i, name, r, &index_of, &mut rollouts)
+            }
             (Some(c), None) => match index_of(c) {
                 Some(k) => Some(Target::Cluster(k)),
                 None => {
@@ -295,12 +300,18 @@ pub fn compile_with(
                 None
             }
             (None, None) => {
-                ctx.err(&format!("rules[{i}]"), "a rule needs `cluster` or `split`");
+                ctx.err(
+                    &format!("rules[{i}]"),
+                    "a rule needs `cluster`, `split` or `rollout`",
+                );
                 None
             }
         };
-        if r.salt.is_some() && r.split.is_none() {
-            ctx.err(&at("salt"), "`salt` only applies to a `split`");
+        if r.salt.is_some() && r.split.is_none() && r.rollout.is_none() {
+            ctx.err(
+                &at("salt"),
+                "`salt` only applies to a `split` or a `rollout`",
+            );
         }
         let vdn = r.vdn.as_ref().map(|v| {
             if v.is_empty() {
@@ -409,10 +420,55 @@ pub fn compile_with(
         clusters,
         rule_ids,
         default_rule_id: names::intern("default"),
+        rollouts,
         pools: Vec::new(),
         views: Vec::new(),
     };
     Ok((snap, ctx.notes))
+}
+
+/// The target of a rule with a `rollout:` block (checked in [`super::rollout`]): the router's
+/// half (a dial at the first step, read by every new call) in the rule, the rollout's spec
+/// with the same dial in `rollouts` (the rollout stage takes over the dial when the
+/// generation is bound, before it is published).
+fn rollout_target(
+    ctx: &mut Ctx,
+    i: usize,
+    name: &str,
+    r: &raw::RawRule,
+    index_of: &dyn Fn(&str) -> Option<usize>,
+    rollouts: &mut Vec<RolloutEntry>,
+) -> Option<Target> {
+    let raw = r.rollout.as_ref()?;
+    if r.cluster.is_some() || r.split.is_some() {
+        ctx.err(
+            &format!("rules[{i}].rollout"),
+            "a rule has one of `cluster`, `split` or `rollout`",
+        );
+        return None;
+    }
+    let at = format!("rules[{i}]");
+    match super::rollout::compile(name, &at, raw, |c| index_of(c).is_some()) {
+        Ok(spec) => {
+            let (from, to) = (index_of(&spec.from)?, index_of(&spec.to)?);
+            let salt = r.salt.clone().unwrap_or_else(|| name.to_string());
+            let first = spec.steps.first().copied().unwrap_or(0);
+            let dial = Arc::new(Dial::new(spec.steps.len(), first));
+            let target =
+                RolloutTarget::new(dial.clone(), &salt, (from, &spec.from), (to, &spec.to));
+            rollouts.push(RolloutEntry {
+                spec: Arc::new(spec),
+                dial,
+            });
+            Some(Target::Rollout(Arc::new(target)))
+        }
+        Err(errs) => {
+            for (path, msg) in errs {
+                ctx.err(&path, msg);
+            }
+            None
+        }
+    }
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -14,6 +14,7 @@ pub mod compile;
 pub mod diff;
 pub mod raw;
 pub mod reload;
+pub mod rollout;
 pub mod value;
 
 use std::io::Read;

@@ -215,7 +215,9 @@ pub struct RawRule {
     /// Cluster → positive weight; deterministic per userid.
     #[schemars(with = "Option<BTreeMap<String, f64>>")]
     pub split: Option<BTreeMap<String, Checked<Weight>>>,
-    /// Split salt; default: the rule's name.
+    /// A progressive rollout judged by calls (spec §11).
+    pub rollout: Option<super::rollout::RawRollout>,
+    /// Split (or rollout) salt; default: the rule's name.
     pub salt: Option<String>,
 }
 

@@ -47,6 +47,9 @@ pub type PrepareListenerTls =
 /// A hook run after each commit with the new generation (infallible: e.g. `pins.max_pins`
 /// handed to the memory pin table).
 pub type AfterPublish = Box<dyn Fn(&Snapshot) + Send + Sync>;
+/// A hook run on a complete snapshot just before it is published (e.g. the rollouts of §11
+/// take over their state, so that the first turn of the new generation sees the right share).
+pub type BeforePublish = Box<dyn Fn(&Snapshot) + Send + Sync>;
 
 pub struct Reloader {
     pub path: PathBuf,
@@ -60,6 +63,7 @@ pub struct Reloader {
     lock: tokio::sync::Mutex<()>,
     listener_tls: Mutex<Option<PrepareListenerTls>>,
     after_publish: Mutex<Vec<AfterPublish>>,
+    before_publish: Mutex<Vec<BeforePublish>>,
 }
 
 impl Reloader {
@@ -82,6 +86,7 @@ impl Reloader {
             lock: tokio::sync::Mutex::new(()),
             listener_tls: Mutex::new(None),
             after_publish: Mutex::new(Vec::new()),
+            before_publish: Mutex::new(Vec::new()),
         })
     }
 
@@ -97,6 +102,13 @@ impl Reloader {
     pub fn set_listener_tls(&self, f: PrepareListenerTls) {
         if let Ok(mut v) = self.listener_tls.lock() {
             *v = Some(f);
+        }
+    }
+
+    /// Run `f` on every new generation just before it is published.
+    pub fn before_publish(&self, f: BeforePublish) {
+        if let Ok(mut v) = self.before_publish.lock() {
+            v.push(f);
         }
     }
 
@@ -253,6 +265,11 @@ impl Reloader {
             "path": file,
             "plan": {"changes": plan, "rules": moved},
         });
+        if let Ok(hooks) = self.before_publish.lock() {
+            for h in hooks.iter() {
+                h(&snap);
+            }
+        }
         self.live.store(Arc::new(snap));
         if let Some(install) = install_tls {
             install();

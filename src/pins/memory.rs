@@ -14,13 +14,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use compact_str::CompactString;
 use tokio::time::Instant;
 
-use super::{Pin, PinStore, ReleaseReason};
+use super::lifecycle::{call_outcome, Gone};
+use super::{Facts, OnRelease, Pin, PinStore, ReleaseReason};
 use crate::ids::NameId;
 use crate::metrics::Metrics;
 
@@ -130,6 +131,8 @@ struct Inner {
     dirty: AtomicBool,
     /// `pins.max_pins`, as a per-shard ceiling (rounded up).
     per_shard: AtomicUsize,
+    /// Told about every pin that goes away, once (the call's outcome).
+    on_release: OnceLock<OnRelease>,
 }
 
 impl MemoryStore {
@@ -143,6 +146,7 @@ impl MemoryStore {
                 metrics,
                 dirty: AtomicBool::new(false),
                 per_shard: AtomicUsize::new(DEFAULT_MAX_PINS.div_ceil(SHARDS)),
+                on_release: OnceLock::new(),
             }),
         }
     }
@@ -168,6 +172,20 @@ impl MemoryStore {
 
     fn count_release(&self, pin: &Pin, reason: ReleaseReason) {
         self.inner.metrics.pin_released(pin.cluster, reason);
+        self.settle(pin, Gone::Released(reason));
+    }
+
+    /// The call's outcome, exactly once per pin that goes: every path that takes a pin out of
+    /// the table (release, sweep, replacement of an expired pin, eviction) ends here.
+    fn settle(&self, pin: &Pin, gone: Gone) {
+        if let Some(f) = self.inner.on_release.get() {
+            f(pin, call_outcome(pin, gone));
+        }
+    }
+
+    /// Be told about every pin that goes away (set once; later calls are ignored).
+    pub fn set_on_release(&self, f: OnRelease) {
+        let _ = self.inner.on_release.set(f);
     }
 
     /// Live pins (for the sweeper's bookkeeping and tests).
@@ -263,8 +281,10 @@ impl MemoryStore {
         drop(map);
         self.changed();
         if let Some(e) = evicted {
-            // Like any release of a live call's pin (its later turns become orphan turns).
+            // Like any release of a live call's pin (its later turns become orphan turns); its
+            // call is settled now, abandoned unless its turns said otherwise (`Gone::Evicted`).
             self.inner.metrics.pin_evicted(e.pin.cluster);
+            self.settle(&e.pin, Gone::Evicted);
         }
         if let Some(old) = old {
             let reason = if old.pin.ending {
@@ -386,6 +406,13 @@ impl PinStore for MemoryStore {
             .filter(|e| e.deadline > now)
             .map(|e| e.pin)
     }
+
+    async fn note(&self, userid: &str, facts: Facts) {
+        if let Some(e) = self.shard(userid).get_mut(userid) {
+            e.pin.failed |= facts.failed;
+            e.pin.transferred |= facts.transferred;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +427,9 @@ mod tests {
             generation: 1,
             created_at_ms: 0,
             ending: false,
+            epoch: 0,
+            failed: false,
+            transferred: false,
         }
     }
 
@@ -465,5 +495,128 @@ mod tests {
         assert_eq!(a.cluster, b.cluster);
         assert!(s.release("u", ReleaseReason::Admin).await);
         assert!(!s.release("u", ReleaseReason::Admin).await);
+    }
+
+    /// Every way a pin goes, and the outcome its call gets: settled once, by the store.
+    #[tokio::test(start_paused = true)]
+    async fn every_release_settles_the_outcome_once() {
+        use crate::vocab::CallOutcome as Outcome;
+        let s = MemoryStore::new(Metrics::new());
+        let seen: Arc<Mutex<Vec<(String, Outcome)>>> = Arc::default();
+        {
+            let seen = seen.clone();
+            s.set_on_release(Arc::new(move |p, o| {
+                let who = names::name(p.rule).to_string();
+                seen.lock().unwrap().push((who, o));
+            }));
+        }
+        let ttl = Duration::from_secs(60);
+        let grace = Duration::from_secs(5);
+        let named = |rule: &str| Pin {
+            rule: names::intern(rule),
+            ..pin("stable")
+        };
+        // hangup: released at once by the hangup answer.
+        s.create("hangup", named("hangup"), ttl).await;
+        assert!(s.release("hangup", ReleaseReason::Hangup).await);
+        assert!(
+            !s.release("hangup", ReleaseReason::Hangup).await,
+            "gone: not twice"
+        );
+        // end_grace: outaction 10 from the ODFS, then the grace passes.
+        s.create("grace", named("grace"), ttl).await;
+        s.end("grace", grace).await;
+        // transferred, then ended: transferred wins.
+        s.create("transfer", named("transfer"), ttl).await;
+        s.note(
+            "transfer",
+            Facts {
+                failed: false,
+                transferred: true,
+            },
+        )
+        .await;
+        s.end("transfer", grace).await;
+        // failed on some turn, then idle: failed wins.
+        s.create("failed", named("failed"), ttl).await;
+        s.note(
+            "failed",
+            Facts {
+                failed: true,
+                transferred: false,
+            },
+        )
+        .await;
+        // idle, found by the sweeper; idle, found by a late turn; admin.
+        s.create("idle", named("idle"), ttl).await;
+        s.create("late", named("late"), ttl).await;
+        s.create("admin", named("admin"), ttl).await;
+        assert!(s.release("admin", ReleaseReason::Admin).await);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(s.sweep(), 2, "grace and transfer");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(s.get("late", ttl).await.is_none());
+        // An expired pin replaced by a new call of the same userid settles the old call.
+        s.create("reused", named("reused"), ttl).await;
+        tokio::time::advance(Duration::from_secs(61)).await;
+        s.create("reused", named("reused-2"), ttl).await;
+        assert_eq!(s.sweep(), 2, "failed and idle");
+        let mut got = seen.lock().unwrap().clone();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let want: Vec<(String, Outcome)> = [
+            ("admin", Outcome::Abandoned),
+            ("failed", Outcome::Failed),
+            ("grace", Outcome::Completed),
+            ("hangup", Outcome::Completed),
+            ("idle", Outcome::Abandoned),
+            ("late", Outcome::Abandoned),
+            ("reused", Outcome::Abandoned),
+            ("transfer", Outcome::Transferred),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    /// An evicted pin settles its call like any release: once, abandoned unless its turns
+    /// said otherwise.
+    #[tokio::test]
+    async fn an_evicted_pin_settles_its_call_once() {
+        use crate::vocab::CallOutcome;
+        let metrics = Metrics::new();
+        let s = MemoryStore::new(metrics.clone());
+        s.set_max_pins(SHARDS); // one per shard
+        let seen: Arc<Mutex<Vec<CallOutcome>>> = Arc::default();
+        {
+            let seen = seen.clone();
+            s.set_on_release(Arc::new(move |_, o| seen.lock().unwrap().push(o)));
+        }
+        let ttl = Duration::from_secs(600);
+        s.create("t", pin("stable"), ttl).await;
+        s.note(
+            "t",
+            Facts {
+                failed: false,
+                transferred: true,
+            },
+        )
+        .await;
+        for i in 0..500 {
+            s.create(&format!("u{i}"), pin("stable"), ttl).await;
+        }
+        let evicted = metrics.pins_evicted.with_label_values(&["stable"]).get() as usize;
+        assert_eq!(evicted, 501 - s.len());
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), evicted, "one outcome per evicted pin");
+        let transferred = seen
+            .iter()
+            .filter(|o| **o == CallOutcome::Transferred)
+            .count();
+        let gone_t = usize::from(s.peek("t").await.is_none());
+        assert_eq!(transferred, gone_t, "the transferred call, if evicted");
+        assert!(seen
+            .iter()
+            .all(|o| matches!(o, CallOutcome::Abandoned | CallOutcome::Transferred)));
     }
 }

@@ -30,6 +30,12 @@ pub struct Pin {
     pub created_at_ms: u64,
     /// The call got an outaction 10: the pin lives only `end_grace` more.
     pub ending: bool,
+    /// The rollout epoch the call started in (0: no rollout routed it), spec §11.
+    pub epoch: u64,
+    /// A turn of the call got a 5xx or an answer with `ret` other than 0.
+    pub failed: bool,
+    /// The call got an `outaction` 11.
+    pub transferred: bool,
 }
 
 /// What to do with later turns that have no pin.
@@ -74,7 +80,15 @@ pub trait PinStore: Send + Sync + 'static {
     fn release(&self, userid: &str, reason: ReleaseReason) -> impl Future<Output = bool> + Send;
     /// Read without refreshing (admin).
     fn peek(&self, userid: &str) -> impl Future<Output = Option<Pin>> + Send;
+    /// Add what a turn showed (a failure, a transfer) to the call's pin, for its outcome.
+    fn note(&self, userid: &str, facts: Facts) -> impl Future<Output = ()> + Send;
 }
+
+pub use lifecycle::Facts;
+
+/// Told once about every pin that goes away, with its call's outcome (spec §11;
+/// [`lifecycle::call_outcome`]).
+pub type OnRelease = std::sync::Arc<dyn Fn(&Pin, crate::vocab::CallOutcome) + Send + Sync>;
 
 /// The store a gateway runs with (static dispatch: no boxed future per turn).
 #[derive(Clone)]
@@ -132,6 +146,22 @@ impl PinStore for Store {
         match self {
             Store::Memory(m) => m.peek(userid).await,
             Store::Redis(r) => r.peek(userid).await,
+        }
+    }
+    async fn note(&self, userid: &str, facts: Facts) {
+        match self {
+            Store::Memory(m) => m.note(userid, facts).await,
+            Store::Redis(r) => r.note(userid, facts).await,
+        }
+    }
+}
+
+impl Store {
+    /// Settle the outcome of every call whose pin goes away (spec §11).
+    pub fn set_on_release(&self, f: OnRelease) {
+        match self {
+            Store::Memory(m) => m.set_on_release(f),
+            Store::Redis(r) => r.set_on_release(f),
         }
     }
 }

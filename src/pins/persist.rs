@@ -37,10 +37,13 @@
 //! #eof 1
 //! ```
 //!
-//! A pin line is `[userid, cluster, rule, generation, created_at_ms, expires_at_ms, ending]`
-//! with wall-clock times, so a restart accounts for the time the process was down. Sections
-//! other than `pins` belong to other parts of the gateway ([`Section`]); a reader skips the
-//! ones it does not know. `#eof N` (N = number of sections) marks a complete file.
+//! A pin line is `[userid, cluster, rule, generation, created_at_ms, expires_at_ms, ending]`,
+//! followed by `flags, epoch` when the call carries outcome facts or a rollout epoch (spec §11;
+//! flags: 1 failed, 2 transferred), with wall-clock times, so a restart accounts for the time
+//! the process was down. Sections other than `pins` belong to other parts of the gateway
+//! ([`Section`]; the rollouts of §11 keep their state in `#section rollouts`, one JSON object
+//! per rollout); a reader skips the ones it does not know. `#eof N` (N = number of sections)
+//! marks a complete file.
 //!
 //! **Adding a section** (e.g. rollout state): implement [`Section`] (a name, a dirty flag the
 //! writer takes, and `save` appending one JSON value per line), register it once with
@@ -532,7 +535,16 @@ fn write_pins(store: &MemoryStore, out: &mut impl Write) -> std::io::Result<usiz
                 line.push(',');
                 line.push_str(num.format(v));
             }
-            line.push_str(if pin.ending { ",true]\n" } else { ",false]\n" });
+            line.push_str(if pin.ending { ",true" } else { ",false" });
+            // Outcome facts and the rollout epoch (spec §11), only when the call has them.
+            let flags = u8::from(pin.failed) | (u8::from(pin.transferred) << 1);
+            if flags != 0 || pin.epoch != 0 {
+                line.push(',');
+                line.push_str(num.format(flags));
+                line.push(',');
+                line.push_str(num.format(pin.epoch));
+            }
+            line.push_str("]\n");
             out.write_all(line.as_bytes())?;
             n += 1;
         }
@@ -554,6 +566,10 @@ fn json_str(s: &mut String, v: &str) {
 
 #[derive(Deserialize)]
 struct PinLine(String, String, String, u64, u64, u64, bool);
+
+/// A pin line with the outcome flags and the rollout epoch.
+#[derive(Deserialize)]
+struct PinLineFacts(String, String, String, u64, u64, u64, bool, u8, u64);
 
 /// Version 1: one object per line, no header.
 #[derive(Deserialize)]
@@ -601,7 +617,8 @@ fn read(path: &Path, store: &MemoryStore) -> std::io::Result<ReadOutcome> {
                    generation,
                    created_at_ms,
                    expires_at_ms: u64,
-                   ending| {
+                   ending,
+                   (flags, epoch): (u8, u64)| {
         if expires_at_ms <= wall || userid.is_empty() || userid.len() > 64 {
             r.skipped += 1;
             return;
@@ -612,6 +629,9 @@ fn read(path: &Path, store: &MemoryStore) -> std::io::Result<ReadOutcome> {
             generation,
             created_at_ms,
             ending,
+            epoch,
+            failed: flags & 1 != 0,
+            transferred: flags & 2 != 0,
         };
         store.restore(userid, pin, Duration::from_millis(expires_at_ms - wall));
         r.pins += 1;
@@ -641,9 +661,14 @@ fn read(path: &Path, store: &MemoryStore) -> std::io::Result<ReadOutcome> {
                     match current.as_deref() {
                         Some("pins") => match serde_json::from_str::<PinLine>(&line) {
                             Ok(PinLine(u, c, rule, g, created, exp, ending)) => {
-                                restore(&mut r, &u, &c, &rule, g, created, exp, ending)
+                                restore(&mut r, &u, &c, &rule, g, created, exp, ending, (0, 0))
                             }
-                            Err(_) => r.skipped += 1,
+                            Err(_) => match serde_json::from_str::<PinLineFacts>(&line) {
+                                Ok(PinLineFacts(u, c, rule, g, created, exp, ending, f, e)) => {
+                                    restore(&mut r, &u, &c, &rule, g, created, exp, ending, (f, e))
+                                }
+                                Err(_) => r.skipped += 1,
+                            },
                         },
                         Some(other) => sections
                             .entry(other.to_string())
@@ -673,6 +698,7 @@ fn read(path: &Path, store: &MemoryStore) -> std::io::Result<ReadOutcome> {
                         p.created_at_ms,
                         p.expires_at_ms,
                         p.ending,
+                        (0, 0),
                     ),
                     Err(_) => r.skipped += 1,
                 }
@@ -718,6 +744,9 @@ mod tests {
             generation: 1,
             created_at_ms: 5,
             ending: false,
+            epoch: 0,
+            failed: false,
+            transferred: false,
         }
     }
 

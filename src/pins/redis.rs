@@ -10,6 +10,7 @@
 //! | `end` (outaction 10) | `EVALSHA` of [`END_LUA`]: rewrite the value with ending = 1 and `PX end_grace` |
 //! | `release` | `GETDEL` (the value names the cluster for the metric) |
 //! | `peek` (admin) | `GET` |
+//! | `note` (a failure or transfer seen) | `EVALSHA` of [`NOTE_LUA`] |
 //!
 //! The ending flag decides whether a turn may extend a pin, so the refresh is a Lua script: a
 //! plain `GETEX … PX` would stretch an ending pin back to `idle_ttl`.
@@ -17,7 +18,9 @@
 //! # The value
 //!
 //! `v1|<ending 0/1>|<generation>|<created_at_ms>|<cluster>|<rule>`, names with `%` and `|`
-//! escaped as `%25` and `%7C`. The version comes first and the ending flag second in every
+//! escaped as `%25` and `%7C`; a pin that carries outcome facts or a rollout epoch (spec §11)
+//! is `v2|<ending>|<flags: 1 failed, 2 transferred>|<epoch>|<generation>|<created_at_ms>|<cluster>|<rule>`
+//! ([`NOTE_LUA`] adds flags in place, keeping the TTL). The version comes first and the ending flag second in every
 //! version, so the scripts (which only look at those two) keep working across versions, and a
 //! reader that meets a version it does not know treats the pin as unreadable instead of guessing.
 //! Names, never interned ids: ids differ per process.
@@ -59,7 +62,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -72,8 +75,9 @@ use redis::{
 };
 use tokio::time::Instant;
 
+use super::lifecycle::{call_outcome, Gone};
 use super::memory::MemoryStore;
-use super::{Pin, PinStore, ReleaseReason};
+use super::{Facts, OnRelease, Pin, PinStore, ReleaseReason};
 use crate::clock::wall_ms;
 use crate::ids::{self as names, NameId};
 use crate::metrics::{store_error, store_timer, Metrics};
@@ -96,6 +100,15 @@ pub const SENTINEL_EVERY: Duration = Duration::from_secs(1);
 /// Sentinels in one URL, at most.
 const MAX_SENTINELS: usize = 16;
 
+/// What follows the pin prefix in the names of the two keys that let expired pins settle their
+/// call's outcome exactly once (module doc, "Outcomes"). Longer than any userid (at most 64
+/// characters), so no pin key can ever be one of them.
+pub const OUTCOME_KEYS: &str =
+    "~graygate~call-outcomes~these-keys-are-longer-than-any-userid-can-be~";
+
+// Every script below takes KEYS = [pin key, deadline index (ZSET), last values (HASH)] and has
+// the userid as its last ARGV.
+
 /// Read a pin and refresh its lifetime, unless it is ending. Returns `{value, pttl_ms}` or nil.
 pub const GET_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
@@ -104,7 +117,20 @@ if string.match(v, '^v%d+|1|') then
   return {v, redis.call('PTTL', KEYS[1])}
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1]), ARGV[2])
 return {v, tonumber(ARGV[1])}
+";
+
+/// First writer wins: `SET NX GET PX`, and on a win the pin's deadline and value for the
+/// outcome. Returns nil when this value was stored, else the value that is there.
+pub const CREATE_LUA: &str = r"
+local old = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
+if old then return old end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2]), ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
+return false
 ";
 
 /// Mark a pin ending: it lives `ARGV[1]` ms more, whatever later turns do. Returns 1 when a pin
@@ -115,6 +141,69 @@ if not v then return 0 end
 if string.match(v, '^v%d+|1|') then return 1 end
 local nv = string.gsub(v, '^(v%d+|)0|', '%11|', 1)
 redis.call('SET', KEYS[1], nv, 'PX', ARGV[1])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1]), ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], nv)
+return 1
+";
+
+/// Release a pin: `GETDEL`, and its outcome entries go with it. Returns the value, or nil when
+/// there was no pin. Only one replica can get a live pin's value: that one settles the outcome.
+pub const RELEASE_LUA: &str = r"
+local v = redis.call('GETDEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return v
+";
+
+/// Take up to `ARGV[2]` pins whose deadline has passed and whose key is gone (expired in
+/// Redis): removed from the index, returned as `{userid, value, ...}` for their outcome. The
+/// script runs atomically, so each expired pin is returned to exactly one replica. A pin whose
+/// key still lives (re-seeded after an outage) gets its deadline back from its TTL.
+/// KEYS = [index, values], ARGV = [pin key prefix, limit].
+pub const SWEEP_LUA: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, u in ipairs(due) do
+  local left = redis.call('PTTL', ARGV[1] .. u)
+  if left > 0 then
+    redis.call('ZADD', KEYS[1], now + left, u)
+  else
+    redis.call('ZREM', KEYS[1], u)
+    local v = redis.call('HGET', KEYS[2], u)
+    redis.call('HDEL', KEYS[2], u)
+    if v and left == -2 then
+      table.insert(out, u)
+      table.insert(out, v)
+    end
+  end
+end
+return out
+";
+
+/// Expired pins taken per sweep script run, and runs per keeper tick at most.
+const SWEEP_BATCH: usize = 500;
+const SWEEP_RUNS: usize = 20;
+
+/// Add outcome facts (`ARGV[1]`: 1 failed, 2 transferred) to a pin, keeping its TTL; a `v1`
+/// value becomes `v2` (epoch 0). Returns 1 when a pin was there.
+pub const NOTE_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local add = tonumber(ARGV[1])
+local e, rest = string.match(v, '^v1|([01])|(.*)$')
+if e then
+  v = 'v2|' .. e .. '|0|0|' .. rest
+end
+local e2, f, tail = string.match(v, '^v2|([01])|(%d)|(.*)$')
+if not e2 then return 0 end
+local nf = bit.bor(tonumber(f), add)
+if nf == tonumber(f) and not e then return 1 end
+local nv = 'v2|' .. e2 .. '|' .. nf .. '|' .. tail
+redis.call('SET', KEYS[1], nv, 'KEEPTTL')
+redis.call('HSET', KEYS[3], ARGV[2], nv)
 return 1
 ";
 
@@ -150,10 +239,19 @@ fn unescape(s: &str) -> Option<String> {
     Some(out)
 }
 
-/// The Redis value of a pin (format `v1`, see the module doc).
+/// The Redis value of a pin (see the module doc): `v1` for a pin with no outcome facts and no
+/// rollout epoch (what every version reads), else `v2`.
 pub fn encode(pin: &Pin) -> String {
-    let mut out = String::with_capacity(48);
-    out.push_str(if pin.ending { "v1|1|" } else { "v1|0|" });
+    let mut out = String::with_capacity(56);
+    let plain = pin.epoch == 0 && !pin.failed && !pin.transferred;
+    out.push_str(if plain { "v1|" } else { "v2|" });
+    out.push_str(if pin.ending { "1|" } else { "0|" });
+    if !plain {
+        out.push(char::from(b'0' + flags_of(pin)));
+        out.push('|');
+        out.push_str(itoa::Buffer::new().format(pin.epoch));
+        out.push('|');
+    }
     out.push_str(itoa::Buffer::new().format(pin.generation));
     out.push('|');
     out.push_str(itoa::Buffer::new().format(pin.created_at_ms));
@@ -162,6 +260,11 @@ pub fn encode(pin: &Pin) -> String {
     out.push('|');
     escape(&names::name(pin.rule), &mut out);
     out
+}
+
+/// The outcome facts as the `v2` flags digit: 1 failed, 2 transferred.
+fn flags_of(pin: &Pin) -> u8 {
+    u8::from(pin.failed) | (u8::from(pin.transferred) << 1)
 }
 
 /// A name from a Redis value as an id of this process.
@@ -175,14 +278,23 @@ fn name_id(escaped: &str) -> Option<NameId> {
 
 /// Read a value written by [`encode`]; `None` for anything else (another version, garbage).
 pub fn decode(v: &str) -> Option<Pin> {
-    let mut f = v.splitn(6, '|');
-    if f.next()? != "v1" {
-        return None;
-    }
+    let (version, rest) = v.split_once('|')?;
+    let v2 = match version {
+        "v1" => false,
+        "v2" => true,
+        _ => return None,
+    };
+    let mut f = rest.splitn(if v2 { 7 } else { 5 }, '|');
     let ending = match f.next()? {
         "0" => false,
         "1" => true,
         _ => return None,
+    };
+    let (flags, epoch) = if v2 {
+        let flags: u8 = f.next()?.parse().ok().filter(|&x: &u8| x <= 3)?;
+        (flags, f.next()?.parse().ok()?)
+    } else {
+        (0, 0)
     };
     let generation = f.next()?.parse().ok()?;
     let created_at_ms = f.next()?.parse().ok()?;
@@ -194,6 +306,9 @@ pub fn decode(v: &str) -> Option<Pin> {
         generation,
         created_at_ms,
         ending,
+        epoch,
+        failed: flags & 1 != 0,
+        transferred: flags & 2 != 0,
     })
 }
 
@@ -545,7 +660,16 @@ struct Inner {
     local: MemoryStore,
     metrics: Metrics,
     get_script: Script,
+    create_script: Script,
     end_script: Script,
+    note_script: Script,
+    release_script: Script,
+    sweep_script: Script,
+    /// The deadline index and the last values of pins (see [`OUTCOME_KEYS`]).
+    index_key: String,
+    values_key: String,
+    /// Told about every pin this replica releases (the call's outcome, spec §11).
+    on_release: OnceLock<OnRelease>,
     op_get: Op,
     op_put: Op,
     op_touch: Op,
@@ -603,7 +727,14 @@ impl RedisStore {
                 op_release: Op::new(&metrics, "release"),
                 metrics,
                 get_script: Script::new(GET_LUA),
+                create_script: Script::new(CREATE_LUA),
+                release_script: Script::new(RELEASE_LUA),
+                sweep_script: Script::new(SWEEP_LUA),
+                index_key: format!("{key_prefix}{OUTCOME_KEYS}deadlines"),
+                values_key: format!("{key_prefix}{OUTCOME_KEYS}values"),
                 end_script: Script::new(END_LUA),
+                note_script: Script::new(NOTE_LUA),
+                on_release: OnceLock::new(),
                 health: Mutex::new(Health::default()),
                 pending: Mutex::new(HashMap::default()),
                 dropped: AtomicU64::new(0),
@@ -623,6 +754,88 @@ impl RedisStore {
         k.push_str(&self.inner.prefix);
         k.push_str(userid);
         k
+    }
+
+    /// Be told about every pin this replica releases (set once).
+    pub fn set_on_release(&self, f: OnRelease) {
+        let _ = self.inner.on_release.set(f);
+    }
+
+    /// The three keys every pin script takes.
+    fn keys(&self, inv: &mut redis::ScriptInvocation<'_>, userid: &str) {
+        inv.key(self.key(userid))
+            .key(&self.inner.index_key)
+            .key(&self.inner.values_key);
+    }
+
+    /// The three keys, for `EVAL` in a pipeline.
+    fn pipe_keys(&self, cmd: &mut redis::Cmd, userid: &str) {
+        cmd.arg(3)
+            .arg(self.key(userid))
+            .arg(&self.inner.index_key)
+            .arg(&self.inner.values_key);
+    }
+
+    /// Settle the outcome of pins that expired in Redis (any replica may take them; each is
+    /// taken once). Returns how many.
+    async fn sweep_expired(&self) -> usize {
+        let mut total = 0;
+        for _ in 0..SWEEP_RUNS {
+            let Some(mut conn) = self.conn() else {
+                return total;
+            };
+            let mut inv = self.inner.sweep_script.prepare_invoke();
+            inv.key(&self.inner.index_key)
+                .key(&self.inner.values_key)
+                .arg(&self.inner.prefix)
+                .arg(SWEEP_BATCH);
+            let got = match tokio::time::timeout(
+                self.batch_timeout(),
+                inv.invoke_async::<Vec<String>>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    self.note_error(format!("outcome sweep: {e}"));
+                    return total;
+                }
+                Err(_) => return total,
+            };
+            let n = got.len() / 2;
+            for pair in got.chunks_exact(2) {
+                if let Some(pin) = decode(&pair[1]) {
+                    let reason = if pin.ending {
+                        ReleaseReason::EndGrace
+                    } else {
+                        ReleaseReason::Idle
+                    };
+                    self.settle(&pin, reason);
+                }
+            }
+            total += n;
+            if n < SWEEP_BATCH {
+                break;
+            }
+        }
+        total
+    }
+
+    fn settle(&self, pin: &Pin, reason: ReleaseReason) {
+        if let Some(f) = self.inner.on_release.get() {
+            f(pin, call_outcome(pin, Gone::Released(reason)));
+        }
+    }
+
+    /// The connection in use now (it changes when Sentinel names a new master), for the
+    /// rollouts' shared state; `None` until there is one.
+    pub fn current_conn(&self) -> Option<ConnectionManager> {
+        self.conn()
+    }
+
+    /// The key prefix and the command timeout, for the rollouts' shared state.
+    pub fn prefix_and_timeout(&self) -> (&str, Duration) {
+        (&self.inner.prefix, self.inner.timeout)
     }
 
     /// The local table (tests and views).
@@ -894,6 +1107,12 @@ impl RedisStore {
                 if now >= next_sweep {
                     store.inner.local.sweep();
                     store.set_gauge();
+                    if store.is_healthy() {
+                        let n = store.sweep_expired().await;
+                        if n > 0 {
+                            tracing::debug!(expired = n, "redis pins expired: outcomes settled");
+                        }
+                    }
                     next_sweep = now + sweep_every;
                 }
                 if store.is_healthy()
@@ -1027,29 +1246,31 @@ impl RedisStore {
             }
             let mut pipe = redis::pipe();
             for (userid, op) in &batch {
-                let key = self.key(userid);
                 match *op {
                     Pending::Put { ttl_ms } => {
                         if let Some(pin) = self.inner.local.peek(userid).await {
-                            pipe.cmd("SET")
-                                .arg(&key)
-                                .arg(encode(&pin))
-                                .arg("NX")
-                                .arg("PX")
+                            let mut cmd = redis::cmd("EVAL");
+                            cmd.arg(CREATE_LUA);
+                            self.pipe_keys(&mut cmd, userid);
+                            cmd.arg(encode(&pin))
                                 .arg(ttl_ms.max(1))
-                                .ignore();
+                                .arg(userid.as_str());
+                            pipe.add_command(cmd).ignore();
                         }
                     }
                     Pending::End { grace_ms } => {
-                        pipe.cmd("EVAL")
-                            .arg(END_LUA)
-                            .arg(1)
-                            .arg(&key)
-                            .arg(grace_ms.max(1))
-                            .ignore();
+                        let mut cmd = redis::cmd("EVAL");
+                        cmd.arg(END_LUA);
+                        self.pipe_keys(&mut cmd, userid);
+                        cmd.arg(grace_ms.max(1)).arg(userid.as_str());
+                        pipe.add_command(cmd).ignore();
                     }
                     Pending::Release => {
-                        pipe.cmd("DEL").arg(&key).ignore();
+                        let mut cmd = redis::cmd("EVAL");
+                        cmd.arg(RELEASE_LUA);
+                        self.pipe_keys(&mut cmd, userid);
+                        cmd.arg(userid.as_str());
+                        pipe.add_command(cmd).ignore();
                     }
                 }
             }
@@ -1082,13 +1303,13 @@ impl RedisStore {
             for chunk in entries.chunks(BATCH) {
                 let mut pipe = redis::pipe();
                 for (userid, pin, left) in chunk {
-                    pipe.cmd("SET")
-                        .arg(self.key(userid))
-                        .arg(encode(pin))
-                        .arg("NX")
-                        .arg("PX")
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(CREATE_LUA);
+                    self.pipe_keys(&mut cmd, userid);
+                    cmd.arg(encode(pin))
                         .arg((left.as_millis() as u64).max(1))
-                        .ignore();
+                        .arg(userid.as_str());
+                    pipe.add_command(cmd).ignore();
                 }
                 if let Err(e) = self.run_pipe(&pipe).await {
                     if e.connection {
@@ -1129,7 +1350,8 @@ impl PinStore for RedisStore {
     async fn get(&self, userid: &str, idle_ttl: Duration) -> Option<Pin> {
         let idle_ms = (idle_ttl.as_millis() as u64).max(1);
         let mut inv = self.inner.get_script.prepare_invoke();
-        inv.key(self.key(userid)).arg(idle_ms);
+        self.keys(&mut inv, userid);
+        inv.arg(idle_ms).arg(userid);
         let inv = &inv;
         let answer = self
             .call(&self.inner.op_get, |mut conn| async move {
@@ -1166,17 +1388,13 @@ impl PinStore for RedisStore {
 
     async fn create(&self, userid: &str, pin: Pin, ttl: Duration) -> Pin {
         let ttl_ms = (ttl.as_millis() as u64).max(1);
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(userid))
-            .arg(encode(&pin))
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(ttl_ms);
-        let cmd = &cmd;
+        let mut inv = self.inner.create_script.prepare_invoke();
+        self.keys(&mut inv, userid);
+        inv.arg(encode(&pin)).arg(ttl_ms).arg(userid);
+        let inv = &inv;
         let answer = self
             .call(&self.inner.op_put, |mut conn| async move {
-                cmd.query_async::<Option<String>>(&mut conn).await
+                inv.invoke_async::<Option<String>>(&mut conn).await
             })
             .await;
         match answer {
@@ -1210,7 +1428,8 @@ impl PinStore for RedisStore {
     async fn end(&self, userid: &str, end_grace: Duration) {
         let grace_ms = (end_grace.as_millis() as u64).max(1);
         let mut inv = self.inner.end_script.prepare_invoke();
-        inv.key(self.key(userid)).arg(grace_ms);
+        self.keys(&mut inv, userid);
+        inv.arg(grace_ms).arg(userid);
         let inv = &inv;
         let answer = self
             .call(&self.inner.op_touch, |mut conn| async move {
@@ -1224,29 +1443,37 @@ impl PinStore for RedisStore {
     }
 
     async fn release(&self, userid: &str, reason: ReleaseReason) -> bool {
-        let mut cmd = redis::cmd("GETDEL");
-        cmd.arg(self.key(userid));
-        let cmd = &cmd;
+        let mut inv = self.inner.release_script.prepare_invoke();
+        self.keys(&mut inv, userid);
+        inv.arg(userid);
+        let inv = &inv;
         let answer = self
             .call(&self.inner.op_release, |mut conn| async move {
-                cmd.query_async::<Option<String>>(&mut conn).await
+                inv.invoke_async::<Option<String>>(&mut conn).await
             })
             .await;
         let local_pin = self.inner.local.peek(userid).await;
         self.inner.local.release(userid, reason).await;
-        let pin = match answer {
+        // Exactly one replica gets the value back from GETDEL: that one settles the outcome.
+        // While Redis is away the local pin settles it (the queued release removes the index
+        // entry, so the sweep does not settle it again).
+        let (pin, settle) = match answer {
             Ok(value) => {
                 self.unqueue(userid);
-                value.as_deref().and_then(decode).or(local_pin)
+                let p = value.as_deref().and_then(decode);
+                (p.or(local_pin), p.is_some())
             }
             Err(()) => {
                 self.queue(userid, Pending::Release);
-                local_pin
+                (local_pin, local_pin.is_some())
             }
         };
         match pin {
             Some(p) => {
                 self.count_released(&p, reason);
+                if settle {
+                    self.settle(&p, reason);
+                }
                 true
             }
             None => false,
@@ -1272,6 +1499,25 @@ impl PinStore for RedisStore {
             Err(()) => self.inner.local.peek(userid).await,
         }
     }
+
+    async fn note(&self, userid: &str, facts: Facts) {
+        let add = u8::from(facts.failed) | (u8::from(facts.transferred) << 1);
+        if add == 0 {
+            return;
+        }
+        self.inner.local.note(userid, facts).await;
+        let mut inv = self.inner.note_script.prepare_invoke();
+        self.keys(&mut inv, userid);
+        inv.arg(add).arg(userid);
+        let inv = &inv;
+        // While Redis is away the local table keeps the facts; a pin created meanwhile is
+        // written with them when Redis answers again.
+        let _ = self
+            .call(&self.inner.op_touch, |mut conn| async move {
+                inv.invoke_async::<i64>(&mut conn).await
+            })
+            .await;
+    }
 }
 
 #[cfg(test)]
@@ -1285,6 +1531,9 @@ mod tests {
             generation: 7,
             created_at_ms: 1_700_000_000_123,
             ending,
+            epoch: 0,
+            failed: false,
+            transferred: false,
         }
     }
 
@@ -1298,6 +1547,22 @@ mod tests {
             let v = encode(&p);
             assert!(v.starts_with("v1|"), "{v}");
             assert_eq!(decode(&v), Some(p), "{v}");
+        }
+    }
+
+    #[test]
+    fn v2_carries_the_outcome_facts_and_the_epoch() {
+        let mut p = pin("canary", "v2-rollout", false);
+        p.epoch = 1_764_000_000_000;
+        p.transferred = true;
+        let v = encode(&p);
+        assert_eq!(v, "v2|0|2|1764000000000|7|1700000000123|canary|v2-rollout");
+        assert_eq!(decode(&v), Some(p));
+        p.failed = true;
+        p.ending = true;
+        assert_eq!(decode(&encode(&p)), Some(p));
+        for bad in ["v2|0|4|1|7|1|c|r", "v2|0|x|1|7|1|c|r", "v2|0|1|7|1|c|r"] {
+            assert_eq!(decode(bad), None, "{bad}");
         }
     }
 
@@ -1327,6 +1592,11 @@ mod tests {
         ] {
             assert_eq!(decode(v), None, "{v:?}");
         }
+    }
+
+    #[test]
+    fn outcome_keys_are_no_userid() {
+        assert!(OUTCOME_KEYS.chars().count() > crate::protocol::MAX_USERID_CHARS);
     }
 
     #[test]

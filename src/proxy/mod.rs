@@ -33,6 +33,7 @@ use crate::pins::Store;
 use crate::probe::{self, Dialog};
 use crate::protocol::{parse_vdn, DialogPath};
 use crate::respond::{GatewayError, DECISION_HEADER};
+use crate::rollout::outcome::Outcomes;
 use crate::snapshot::Live;
 use crate::upstream::client::Capped;
 use crate::upstream::{ClusterPool, Upstreams};
@@ -64,6 +65,8 @@ pub struct Proxy {
     pub upstreams: Arc<Upstreams>,
     pub pins: Store,
     pub metrics: Metrics,
+    /// Counts call outcomes and a rollout's turn times (spec §11).
+    pub outcomes: Outcomes,
     request_seq: AtomicU64,
     instance: u32,
     /// `tracing.otlp`: where each turn's span goes.
@@ -84,6 +87,7 @@ impl Proxy {
         pins: Store,
         metrics: Metrics,
         spans: Option<crate::trace::otlp::Exporter>,
+        outcomes: Outcomes,
     ) -> Arc<Self> {
         let instance = (crate::clock::wall_ms() as u32) ^ std::process::id().rotate_left(16);
         Arc::new(Proxy {
@@ -91,6 +95,7 @@ impl Proxy {
             upstreams,
             pins,
             metrics,
+            outcomes,
             request_seq: AtomicU64::new(0),
             instance,
             spans,
@@ -122,17 +127,22 @@ impl Proxy {
             .and_then(|v| v.to_str().ok());
         let mut t = TurnCtx::begin(self, peer, req.method().clone(), req.uri().path(), theirs);
         t.trace_from(req.headers());
-        let mut resp = match crate::admission::check(req.method(), req.version(), req.headers()) {
+        let answer = match crate::admission::check(req.method(), req.version(), req.headers()) {
             Err(e) => Err(e),
             Ok(()) => route(&mut t, req).await,
-        }
-        .unwrap_or_else(|e| {
-            let mut r = t.fail(e).response(t.rec.userid.as_deref());
-            if let Some(v) = t.decision_header() {
-                r.headers_mut().insert(DECISION_HEADER, v);
+        };
+        let mut resp = match answer {
+            Ok(r) => r,
+            Err(e) => {
+                let e = t.fail(e);
+                t.settle_failure().await;
+                let mut r = e.response(t.rec.userid.as_deref());
+                if let Some(v) = t.decision_header() {
+                    r.headers_mut().insert(DECISION_HEADER, v);
+                }
+                r
             }
-            r
-        });
+        };
         if !resp.headers().contains_key(&forward::X_REQUEST_ID) {
             if let Ok(v) = HeaderValue::from_str(&t.rec.request_id) {
                 resp.headers_mut().insert(forward::X_REQUEST_ID, v);
@@ -230,18 +240,19 @@ async fn dialog(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse().ok());
-    let (body, outaction) = if (200..300).contains(&status) {
+    let (body, answer) = if (200..300).contains(&status) {
         // Under the cluster's timeout started by `forward`: one deadline to the last byte.
         match tokio::time::timeout_at(t.deadline, body::peek(incoming, declared, ANSWER_PEEK_MAX))
             .await
         {
             Ok(Ok(body::Peeked::Whole(b))) => {
-                let o = crate::respond::peek_outaction(&b);
-                (GatewayBody::from(b), o)
+                let a = crate::respond::peek_answer(&b);
+                (GatewayBody::from(b), a)
             }
-            Ok(Ok(body::Peeked::Partial(prefix, rest))) => {
-                (GatewayBody::Prefixed(Some(prefix), rest), None)
-            }
+            Ok(Ok(body::Peeked::Partial(prefix, rest))) => (
+                GatewayBody::Prefixed(Some(prefix), rest),
+                Default::default(),
+            ),
             Ok(Err(e)) => return Err(GatewayError::Upstream(format!("the answer broke off: {e}"))),
             Err(_) => {
                 return Err(GatewayError::UpstreamTimeout(
@@ -250,9 +261,9 @@ async fn dialog(
             }
         }
     } else {
-        (GatewayBody::Stream(incoming), None)
+        (GatewayBody::Stream(incoming), Default::default())
     };
-    t.settle_pin(status, outaction).await;
+    t.settle_pin(status, answer).await;
     let mut resp = Response::from_parts(head, body);
     if let Some(v) = t.decision_header() {
         resp.headers_mut().insert(DECISION_HEADER, v);

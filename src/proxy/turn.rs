@@ -2,8 +2,15 @@
 //!
 //! ```text
 //! begin ─► probe ─► locate ─► forward ─► (engine reads the answer) ─► settle_pin ─► record
-//!                                                                       (always, success or not)
+//!                     │            └─ (the gateway answers itself) ─► fail ─► settle_failure ─┘
+//!                     └─ (a request that is no turn)                    (always, success or not)
 //! ```
+//!
+//! Call outcomes (spec §11) ride the same phases: `settle_pin` leaves what the answer tells
+//! about the call (a failure, a transfer) on its pin, or — for a new call that ends at that
+//! turn without a pin — the outcome in the record; `settle_failure` does the same for the
+//! gateway's own 5xx; `record` counts a pinless call's outcome and, for a rollout's call, the
+//! turn's time. A pinned call's outcome is settled by the pin store when the pin goes.
 //!
 //! Each phase is a method with a doc comment saying when it runs and what it leaves in the
 //! context. The engines (hyper's general one and the dialog fast path) differ only in how
@@ -21,17 +28,16 @@ use tokio::time::Instant;
 
 use super::{Peer, Proxy};
 use crate::ids::NameId;
-use crate::pins::lifecycle::{on_answer, PinAction};
+use crate::pins::lifecycle::{on_answer, outcome, Facts, Gone, PinAction};
 use crate::pins::{OrphanPolicy, Pin, PinStore, ReleaseReason};
 use crate::probe::{self, Dialog, Turn};
-use crate::protocol::Outaction;
 use crate::record::TurnRecord;
-use crate::respond::{decision_header, GatewayError};
+use crate::respond::{decision_header, AnswerPeek, GatewayError};
 use crate::router::choose;
 use crate::snapshot::Snapshot;
 use crate::upstream::pool::PoolState;
 use crate::upstream::{ClusterPool, Endpoint, PickError, UpstreamError};
-use crate::vocab::PinKind;
+use crate::vocab::{CallOutcome, PinKind};
 
 /// The context of one turn: the generation it was started on (loaded once, used to its end),
 /// the record it fills, and what each phase leaves for the next.
@@ -72,6 +78,8 @@ pub struct Route {
     /// The fallback cluster's index, when the rules' cluster has one and it has not been used:
     /// where the call goes if no endpoint of its cluster can be reached.
     pub spare: Option<usize>,
+    /// The pin a kept call followed (what its earlier turns left on it, spec §11).
+    pub pin: Option<Pin>,
 }
 
 /// Cluster `c`'s view in `gen` (the pool's current state for a snapshot made without views,
@@ -196,6 +204,7 @@ impl<'p> TurnCtx<'p> {
                 .cluster_index_of(p.cluster)
                 .and_then(|c| gen.view(c).cloned())
                 .unwrap_or_else(|| pool.state.load_full());
+            self.rec.epoch = p.epoch;
             self.route = Some(Route {
                 pool,
                 view,
@@ -203,6 +212,7 @@ impl<'p> TurnCtx<'p> {
                 rule_id: p.rule,
                 strict: false,
                 spare: None,
+                pin: Some(p),
             });
             return Ok(());
         }
@@ -232,6 +242,9 @@ impl<'p> TurnCtx<'p> {
         self.rec.cluster = Some(pool.name.clone());
         self.rec.cluster_id = Some(pool.id);
         let view = view_of(gen, choice.cluster, &pool);
+        // A rollout rule chose: the call starts in the rollout's epoch, at the step's share.
+        self.rec.step_bp = choice.step.map(|p| p.share_bp);
+        self.rec.epoch = choice.step.map_or(0, |p| p.epoch);
         self.route = Some(Route {
             pool,
             view,
@@ -243,6 +256,7 @@ impl<'p> TurnCtx<'p> {
             } else {
                 choice.fallback
             },
+            pin: None,
         });
         Ok(())
     }
@@ -266,6 +280,7 @@ impl<'p> TurnCtx<'p> {
             rule_id: self.gen.default_rule_id,
             strict: false,
             spare: None,
+            pin: None,
         });
         Ok(())
     }
@@ -351,16 +366,38 @@ impl<'p> TurnCtx<'p> {
     }
 
     /// Runs when the engine has the answer's status and, for a 2xx it could read whole, its
-    /// `outaction`. Creates, ends or releases the pin as [`on_answer`] says. Leaves the
-    /// outaction in the record.
-    pub async fn settle_pin(&mut self, status: u16, outaction: Option<Outaction>) {
+    /// `ret` and `outaction`. Creates, ends or releases the pin as [`on_answer`] says; what the
+    /// answer tells about the call ([`Facts`]: a failure, a transfer) goes onto the pin first,
+    /// so a hangup that releases it settles the call with it (spec §11). Leaves the outaction
+    /// and `ret` in the record, and the outcome when a new call ended here without a pin.
+    pub async fn settle_pin(&mut self, status: u16, answer: AnswerPeek) {
+        let outaction = answer.outaction;
         self.rec.outaction = outaction;
+        self.rec.ret = answer.ret;
         let (Some(turn), Some(route)) = (&self.turn, &self.route) else {
             return;
         };
         let gen = &self.gen;
+        let facts = Facts::of(status, answer.ret, outaction);
+        if let Some(p) = &route.pin {
+            if facts.adds_to(p) {
+                self.proxy.pins.note(&turn.userid, facts).await;
+            }
+        }
         match on_answer(route.kind, status, turn.hangup, outaction) {
-            PinAction::Nothing => {}
+            PinAction::Nothing => {
+                // A new call that is not pinned ends with this turn when it failed, or when
+                // its only turn already ended it (outaction 10 answering a hangup report).
+                let ended = outaction.is_some_and(crate::protocol::Outaction::is_end);
+                if route.kind != PinKind::Kept && (facts.failed || (ended && status < 300)) {
+                    self.rec.ended_unpinned = Some(outcome(
+                        facts.failed,
+                        facts.transferred,
+                        ended,
+                        Gone::Released(ReleaseReason::Hangup),
+                    ));
+                }
+            }
             PinAction::Create { ending } => {
                 let new = Pin {
                     cluster: route.pool.id,
@@ -368,6 +405,9 @@ impl<'p> TurnCtx<'p> {
                     generation: gen.generation,
                     created_at_ms: crate::clock::wall_ms(),
                     ending,
+                    epoch: self.rec.epoch,
+                    failed: facts.failed,
+                    transferred: facts.transferred,
                 };
                 let ttl = if ending {
                     gen.pins.end_grace
@@ -414,31 +454,77 @@ impl<'p> TurnCtx<'p> {
         let (Some(pin), Some(cluster)) = (self.rec.pin, self.rec.cluster.as_deref()) else {
             return None;
         };
+        let step = self.rec.step_bp.map(|bp| {
+            crate::router::Pick {
+                epoch: self.rec.epoch,
+                share_bp: bp,
+            }
+            .share_text()
+        });
         decision_header(
             self.rec.rule.as_deref().unwrap_or("-"),
             cluster,
             pin,
             self.gen.generation,
             self.rec.fallback_from.as_deref(),
+            step.as_deref(),
         )
     }
 
     /// Runs when any phase failed: the gateway answers itself. Leaves the errorCode in the
     /// record and returns the error for the engine to write.
     pub fn fail(&mut self, e: GatewayError) -> GatewayError {
-        self.rec.error_code = Some(e.row().1);
+        let (status, code) = e.row();
+        self.rec.error_code = Some(code);
+        self.rec.status = status.as_u16();
         e
     }
 
+    /// Runs after [`TurnCtx::fail`] on a located dialog turn: the gateway's own 5xx is a
+    /// failure of the call (spec §11). A pinned call carries it on its pin (settled when the
+    /// pin goes); a new call, never pinned, ends here as `failed` (counted by `record`).
+    pub async fn settle_failure(&mut self) {
+        if self.rec.status < 500 || self.rec.error_code.is_none() {
+            return;
+        }
+        let (Some(turn), Some(route)) = (&self.turn, &self.route) else {
+            return;
+        };
+        match &route.pin {
+            Some(p) => {
+                let facts = Facts {
+                    failed: true,
+                    transferred: false,
+                };
+                if facts.adds_to(p) {
+                    self.proxy.pins.note(&turn.userid, facts).await;
+                }
+            }
+            None => self.rec.ended_unpinned = Some(CallOutcome::Failed),
+        }
+    }
+
     /// Runs last, on every request, success or not, when the answer's head has been handed to
-    /// the client. Every turn metric and the access line are derived from the record here,
-    /// and nowhere else.
+    /// the client. Every turn metric, the access line, the outcome of a call that ended here
+    /// without a pin and a rollout's turn time are derived from the record here, and nowhere
+    /// else.
     pub fn record(&mut self, status: u16) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
         self.rec.status = status;
         self.rec.total = self.start.elapsed();
+        if let (Some(rule), Some(cluster)) = (self.rec.rule_id, self.rec.cluster_id) {
+            let outcomes = &self.proxy.outcomes;
+            if let Some(o) = self.rec.ended_unpinned {
+                outcomes.settle(cluster, rule, self.rec.epoch, o);
+            }
+            if self.rec.epoch != 0 {
+                outcomes
+                    .rollouts()
+                    .observe_turn(rule, cluster, self.rec.epoch, self.rec.total);
+            }
+        }
         self.proxy.metrics.observe(&self.rec);
         if let (Some(spans), Some(ctx)) = (&self.proxy.spans, self.rec.trace) {
             spans.record(span_of(&self.rec, ctx));

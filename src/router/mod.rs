@@ -13,6 +13,7 @@
 //! the rules whose vdn set contains its vdn, merged in order with the rules that have no vdn
 //! condition.
 
+pub mod rollout;
 pub mod rules;
 pub mod split;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
+pub use rollout::{Dial, Pick, RolloutTarget};
 pub use rules::{Rule, Target, UseridMatch};
 
 use crate::probe::Turn;
@@ -58,6 +60,8 @@ pub enum RuleRef {
 pub struct Decision {
     pub rule: RuleRef,
     pub cluster: usize,
+    /// Set when a rollout rule chose: the epoch the call starts in and the share that applied.
+    pub step: Option<Pick>,
 }
 
 impl Routing {
@@ -123,14 +127,24 @@ impl Routing {
 
     /// Try one rule: `Some(cluster)` when its conditions hold and its target has a cluster that
     /// takes new calls.
-    fn try_rule(&self, i: usize, turn: &Turn, headers: &HeaderMap) -> Option<usize> {
+    fn try_rule(
+        &self,
+        i: usize,
+        turn: &Turn,
+        headers: &HeaderMap,
+    ) -> Option<(usize, Option<Pick>)> {
         let rule = &self.rules[i];
         if !rule.conditions_hold(turn, headers) {
             return None;
         }
         match &rule.target {
-            Target::Cluster(c) => (!self.draining[*c]).then_some(*c),
-            Target::Split(s) => s.choose(&turn.userid, |c| !self.draining[c]),
+            Target::Cluster(c) => (!self.draining[*c]).then_some((*c, None)),
+            Target::Split(s) => s
+                .choose(&turn.userid, |c| !self.draining[c])
+                .map(|c| (c, None)),
+            Target::Rollout(r) => r
+                .choose(&turn.userid, |c| !self.draining[c])
+                .map(|(c, p)| (c, Some(p))),
         }
     }
 }
@@ -148,6 +162,9 @@ pub struct Choice {
     /// place the proxy sends the call to if no endpoint of `picked` can be reached in fact
     /// (its health not yet marked down).
     pub fallback: Option<usize>,
+    /// A rollout rule chose: the epoch the call starts in and the step's share (for the
+    /// decision header's `step=`, the pin and the rollout's counts).
+    pub step: Option<Pick>,
 }
 
 impl Choice {
@@ -177,6 +194,7 @@ pub fn choose(
         picked: d.cluster,
         cluster,
         fallback,
+        step: d.step,
     }
 }
 
@@ -213,16 +231,18 @@ pub fn decide(turn: &Turn, headers: &HeaderMap, routing: &Routing) -> Decision {
             }
             (None, None) => break,
         } as usize;
-        if let Some(cluster) = routing.try_rule(next, turn, headers) {
+        if let Some((cluster, step)) = routing.try_rule(next, turn, headers) {
             return Decision {
                 rule: RuleRef::Rule(next),
                 cluster,
+                step,
             };
         }
     }
     Decision {
         rule: RuleRef::Default,
         cluster: routing.default,
+        step: None,
     }
 }
 
@@ -301,6 +321,18 @@ pub struct Explanation {
     pub fallback: Option<ExplainedFallback>,
     /// Rules passed over on the way, with the reason.
     pub skipped: Vec<String>,
+    /// When a rollout rule chose: its step (1-based) and the share of `to` now (percent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutExplain>,
+}
+
+/// The rollout part of an [`Explanation`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RolloutExplain {
+    pub status: &'static str,
+    pub step: usize,
+    pub steps: usize,
+    pub share: f64,
 }
 
 /// The fallback half of an [`Explanation`].
@@ -323,6 +355,7 @@ pub fn explain(
     let d = Decision {
         rule: choice.rule,
         cluster: choice.picked,
+        step: choice.step,
     };
     let mut skipped = Vec::new();
     let last = match d.rule {
@@ -367,8 +400,36 @@ pub fn explain(
                     routing.cluster_name(d.cluster)
                 )
             }
+            Target::Rollout(r) => {
+                let (status, step) = r.dial.status();
+                let share = d.step.map(|p| p.share_text()).unwrap_or_default();
+                format!(
+                    "rule `{}` matched; its rollout ({}, step {} of {}, {share}% of new calls to `{}`) chose `{}` by rendezvous hash of the userid",
+                    routing.rules[i].name,
+                    status.as_str(),
+                    step + 1,
+                    r.dial.steps,
+                    routing.cluster_name(r.to),
+                    routing.cluster_name(d.cluster)
+                )
+            }
         },
         RuleRef::Default => "no rule matched: the default cluster".to_string(),
+    };
+    let rollout = match d.rule {
+        RuleRef::Rule(i) => match &routing.rules[i].target {
+            Target::Rollout(r) => {
+                let (status, step) = r.dial.status();
+                Some(RolloutExplain {
+                    status: status.as_str(),
+                    step: step + 1,
+                    steps: r.dial.steps,
+                    share: rollout::percent(d.step.map(|p| p.share_bp).unwrap_or(0)),
+                })
+            }
+            _ => None,
+        },
+        RuleRef::Default => None,
     };
     let fallback = choice.fallback.map(|fb| ExplainedFallback {
         from: routing.cluster_name(choice.picked).to_string(),
@@ -390,5 +451,6 @@ pub fn explain(
         why,
         fallback,
         skipped,
+        rollout,
     }
 }

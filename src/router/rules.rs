@@ -30,6 +30,8 @@ pub struct Rule {
 pub enum Target {
     Cluster(usize),
     Split(Split),
+    /// A progressive rollout (spec §11): a split whose share the rollout moves.
+    Rollout(Arc<super::rollout::RolloutTarget>),
 }
 
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,393 @@
+//! Progressive rollouts judged by calls (spec §11), end to end: two embedded reference ODFS
+//! clusters, calls driven turn by turn by the test, the rollout's own judge deciding.
+//!
+//! The flows: the caller presses 1 (four callers in five) or 2 (one in five). On `stable`, and
+//! on an identical canary, 2 ends the call like 1; on the bad canary, 2 hands the caller to an
+//! agent (outaction 11). The bad canary must be aborted at its first step, with the criterion
+//! and p-value in `/admin/rollouts`; the identical one must walk every step to `completed`.
+//! In both runs every turn of a call must be answered by one cluster (`x-odfs-instance`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::support::{Client, Gateway};
+
+/// The flow of both clusters; `{two}` is where the key 2 leads.
+fn flow(two: &str) -> String {
+    format!(
+        r#"flows:
+  "10086":
+    start: menu
+    nodes:
+      menu:
+        collect:
+          text: Press 1 to end the call, 2 for more.
+          dtmf: {{ max_digits: 1 }}
+          on:
+            "1": end
+            "2": {two}
+            timeout: end
+            nomatch: end
+      agent:
+        transfer:
+          trans_type: 1
+          route_value: "20001"
+          failure: end
+      end:
+        hangup: {{ release_reason: "0" }}
+"#
+    )
+}
+
+fn routes(dir: &std::path::Path, canary_two: &str, abort_when: &str) -> String {
+    std::fs::write(dir.join("stable.yaml"), flow("end")).unwrap();
+    std::fs::write(dir.join("canary.yaml"), flow(canary_two)).unwrap();
+    format!(
+        r#"decision_header: true
+clusters:
+  stable: {{ embedded: {{ label: stable, flows: stable.yaml }} }}
+  canary: {{ embedded: {{ label: canary, flows: canary.yaml }} }}
+rules:
+  - name: v2
+    vdn: [200-299]
+    rollout:
+      from: stable
+      to: canary
+      steps: [20, 50, 100]
+      step_min: 300ms
+      min_calls: 60
+      confidence: 95%
+      abort_when: {abort_when}
+    salt: v2-test
+default: stable
+"#
+    )
+}
+
+fn body(userid: &str, inaction: i64, input: Option<&str>, transfer: bool) -> String {
+    let mut p = serde_json::json!({"call_id": userid, "call_dst_id": "10086"});
+    if let Some(i) = input {
+        p["input"] = i.into();
+        p["flow_result_type"] = if i == "hangup" { "-1" } else { "2" }.into();
+    }
+    if transfer {
+        p["trans_result"] = "0".into();
+    }
+    serde_json::json!({"userid": userid, "inaction": inaction, "inparams": p}).to_string()
+}
+
+/// What the test saw of the calls.
+#[derive(Default)]
+struct Seen {
+    /// userid → labels of the instances that answered its turns.
+    instances: HashMap<String, HashSet<String>>,
+    /// userid → (the cluster of its first turn, the step in its decision header).
+    first: HashMap<String, (String, Option<String>)>,
+    failures: Vec<String>,
+}
+
+/// Drive calls, `concurrency` at a time, until the rollout leaves `running` (or `max` calls).
+/// Returns how many calls were made and the last `/admin/rollouts` entry.
+async fn drive(
+    gw: &Gateway,
+    max: usize,
+    concurrency: usize,
+    seen: &Arc<Mutex<Seen>>,
+) -> (usize, serde_json::Value) {
+    let c = Client::new();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (c, next, done, seen) = (c.clone(), next.clone(), done.clone(), seen.clone());
+        let gw = Dialog(gw.dialog);
+        workers.push(tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= max {
+                    break;
+                }
+                call(&c, &gw, i, &seen).await;
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let last = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let v: serde_json::Value =
+            serde_json::from_str(&c.get_text(&gw.admin_url("/admin/rollouts")).await).unwrap();
+        let r = v["rollouts"][0].clone();
+        let finished = workers.iter().all(|w| w.is_finished());
+        if r["status"] != "running" || finished || Instant::now() > deadline {
+            break r;
+        }
+    };
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    (
+        next.load(std::sync::atomic::Ordering::Relaxed).min(max),
+        last,
+    )
+}
+
+/// The dialog address of the gateway, for the worker tasks.
+struct Dialog(std::net::SocketAddr);
+
+impl Dialog {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.0, path)
+    }
+}
+
+/// One whole call: 8, the menu key, (the transfer result,) and the hangup report.
+async fn call(c: &Client, gw: &Dialog, i: usize, seen: &Mutex<Seen>) {
+    let userid = format!("ro-{i}");
+    let url = gw.url("/oifde/rest/v2/crs/process/250");
+    let key = if i.is_multiple_of(5) { "2" } else { "1" };
+    let note = |label: Option<&str>| {
+        if let Some(l) = label {
+            seen.lock()
+                .unwrap()
+                .instances
+                .entry(userid.clone())
+                .or_default()
+                .insert(l.to_string());
+        }
+    };
+    let a = c.post(&url, body(&userid, 8, None, false)).await;
+    note(a.header("x-odfs-instance"));
+    let route = a.header("x-graygate-route").unwrap_or("").to_string();
+    let step = route
+        .split("; ")
+        .find_map(|kv| kv.strip_prefix("step="))
+        .map(str::to_string);
+    let cluster = a.header("x-odfs-instance").unwrap_or("?").to_string();
+    seen.lock()
+        .unwrap()
+        .first
+        .insert(userid.clone(), (cluster, step));
+    if a.status != 200 {
+        seen.lock()
+            .unwrap()
+            .failures
+            .push(format!("{userid} 8: {}", a.status));
+        return;
+    }
+    let a = c.post(&url, body(&userid, 9, Some(key), false)).await;
+    note(a.header("x-odfs-instance"));
+    let last = if a.json()["outaction"].as_i64() == Some(11) {
+        let a = c.post(&url, body(&userid, 11, None, true)).await;
+        note(a.header("x-odfs-instance"));
+        11
+    } else {
+        9
+    };
+    let a = c
+        .post(&url, body(&userid, last, Some("hangup"), false))
+        .await;
+    note(a.header("x-odfs-instance"));
+    if a.status != 200 || a.json()["outaction"].as_i64() != Some(10) {
+        seen.lock()
+            .unwrap()
+            .failures
+            .push(format!("{userid} hangup: {} {:?}", a.status, a.body));
+    }
+}
+
+/// No call on two clusters, no failed turn; the steps the decision headers showed.
+fn check_calls(seen: &Mutex<Seen>) -> HashSet<String> {
+    let s = seen.lock().unwrap();
+    no_call_on_two_clusters(&s);
+    s.first.values().filter_map(|(_, st)| st.clone()).collect()
+}
+
+fn no_call_on_two_clusters(seen: &Seen) {
+    let split: Vec<_> = seen
+        .instances
+        .iter()
+        .filter(|(_, l)| l.len() != 1)
+        .collect();
+    assert!(
+        split.is_empty(),
+        "calls whose turns reached two clusters: {split:?}"
+    );
+    assert!(
+        seen.failures.is_empty(),
+        "failed turns: {:?}",
+        &seen.failures[..seen.failures.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_transfers_more_callers_is_aborted_at_its_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = routes(dir.path(), "agent", "{ transferred: +5%, turn_p99: null }");
+    let gw = Gateway::start_in(dir, &yaml, Default::default()).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (calls, r) = drive(&gw, 2000, 16, &seen).await;
+    assert_eq!(r["status"], "aborted", "after {calls} calls: {r:#}");
+    assert_eq!(r["step_index"], 0, "aborted at the first step: {r:#}");
+    assert_eq!(r["share"], 0.0);
+    let t = &r["last_transition"];
+    assert_eq!(t["kind"], "abort");
+    assert!(
+        t["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("transferred holds"),
+        "{t:#}"
+    );
+    let v = t["figures"]["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["criterion"] == "transferred")
+        .unwrap()
+        .clone();
+    assert_eq!(v["holds"], true);
+    assert_eq!(v["threshold"], "+5%");
+    assert!(v["p_value"].as_f64().unwrap() < 0.05, "{v}");
+    assert!(
+        v["to_value"].as_f64().unwrap() > 0.1 && v["from_value"] == 0.0,
+        "{v}"
+    );
+    // Judged at the first step that had min_calls on both sides.
+    for side in ["from", "to"] {
+        assert!(t["figures"][side]["ended"].as_u64().unwrap() >= 60, "{t:#}");
+    }
+    assert!(t["figures"]["to"]["transferred"].as_u64().unwrap() > 0);
+
+    // Every routed first turn said the step in the decision header; after the abort the share is
+    // 0: every new call goes to stable (calls started before it finish where they are).
+    let steps = check_calls(&seen);
+    assert!(steps.contains("20"), "{steps:?}");
+    let c = Client::new();
+    for i in 0..50 {
+        let a = c
+            .post(
+                &gw.url("/oifde/rest/v2/crs/process/250"),
+                body(&format!("after-{i}"), 8, None, false),
+            )
+            .await;
+        assert_eq!(a.header("x-odfs-instance"), Some("stable"));
+        assert!(
+            a.header("x-graygate-route").unwrap().ends_with("; step=0"),
+            "{:?}",
+            a.header("x-graygate-route")
+        );
+    }
+    // Outcomes are counted for every call, on the cluster it was pinned to.
+    assert!(
+        gw.metric(
+            "graygate_call_outcomes_total",
+            &[
+                ("cluster", "canary"),
+                ("rule", "v2"),
+                ("outcome", "transferred")
+            ]
+        )
+        .await
+            > 0.0
+    );
+    assert!(
+        gw.metric(
+            "graygate_call_outcomes_total",
+            &[
+                ("cluster", "stable"),
+                ("rule", "v2"),
+                ("outcome", "completed")
+            ]
+        )
+        .await
+            > 0.0
+    );
+    assert_eq!(
+        gw.metric(
+            "graygate_call_outcomes_total",
+            &[("cluster", "stable"), ("outcome", "transferred")]
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(
+        gw.metric("graygate_rollout_share_percent", &[("rule", "v2")])
+            .await,
+        0.0
+    );
+    assert_eq!(
+        gw.metric(
+            "graygate_rollout_state",
+            &[("rule", "v2"), ("state", "aborted")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric(
+            "graygate_rollout_transitions_total",
+            &[("rule", "v2"), ("to", "abort")]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_canary_walks_every_step_to_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = routes(dir.path(), "end", "{ transferred: +5%, turn_p99: null }");
+    let gw = Gateway::start_in(dir, &yaml, Default::default()).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (calls, r) = drive(&gw, 2000, 16, &seen).await;
+    assert_eq!(r["status"], "completed", "after {calls} calls: {r:#}");
+    assert_eq!(r["share"], 100.0);
+    assert_eq!(r["last_transition"]["kind"], "complete");
+    let steps = check_calls(&seen);
+    assert!(
+        steps.contains("20") && steps.contains("50"),
+        "every step routed calls: {steps:?}"
+    );
+    assert_eq!(
+        gw.metric(
+            "graygate_rollout_transitions_total",
+            &[("rule", "v2"), ("to", "step")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric(
+            "graygate_rollout_transitions_total",
+            &[("rule", "v2"), ("to", "complete")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric(
+            "graygate_rollout_transitions_total",
+            &[("rule", "v2"), ("to", "abort")]
+        )
+        .await,
+        0.0
+    );
+    let c = Client::new();
+    for i in 0..30 {
+        let a = c
+            .post(
+                &gw.url("/oifde/rest/v2/crs/process/250"),
+                body(&format!("done-{i}"), 8, None, false),
+            )
+            .await;
+        assert_eq!(
+            a.header("x-odfs-instance"),
+            Some("canary"),
+            "completed: every new call to `to`"
+        );
+    }
+}
