@@ -130,7 +130,7 @@ impl CallOutcome {
         CallOutcome::Abandoned,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             CallOutcome::Failed => "failed",
             CallOutcome::Transferred => "transferred",

@@ -6,6 +6,9 @@
 //! agent (outaction 11). The bad canary must be aborted at its first step, with the criterion
 //! and p-value in `/admin/rollouts`; the identical one must walk every step to `completed`.
 //! In both runs every turn of a call must be answered by one cluster (`x-odfs-instance`).
+//!
+//! The same again with two replicas on one Redis, the turns of every call alternating between
+//! them: one decision (one transition, at one time, in one epoch) that both follow.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -97,20 +100,33 @@ async fn drive(
     concurrency: usize,
     seen: &Arc<Mutex<Seen>>,
 ) -> (usize, serde_json::Value) {
+    drive_on(&[gw], max, concurrency, seen).await
+}
+
+/// [`drive`] through several replicas: turn `t` of call `i` goes to replica `(i + t) % n`;
+/// the first replica's `/admin/rollouts` is watched.
+async fn drive_on(
+    gws: &[&Gateway],
+    max: usize,
+    concurrency: usize,
+    seen: &Arc<Mutex<Seen>>,
+) -> (usize, serde_json::Value) {
+    let gw = gws[0];
+    let dialogs: Arc<Vec<Dialog>> = Arc::new(gws.iter().map(|g| Dialog(g.dialog)).collect());
     let c = Client::new();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (c, next, done, seen) = (c.clone(), next.clone(), done.clone(), seen.clone());
-        let gw = Dialog(gw.dialog);
+        let gws = dialogs.clone();
         workers.push(tokio::spawn(async move {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= max {
                     break;
                 }
-                call(&c, &gw, i, &seen).await;
+                call(&c, &gws, i, &seen).await;
             }
         }));
     }
@@ -145,9 +161,10 @@ impl Dialog {
 }
 
 /// One whole call: 8, the menu key, (the transfer result,) and the hangup report.
-async fn call(c: &Client, gw: &Dialog, i: usize, seen: &Mutex<Seen>) {
+async fn call(c: &Client, gws: &[Dialog], i: usize, seen: &Mutex<Seen>) {
     let userid = format!("ro-{i}");
-    let url = gw.url("/oifde/rest/v2/crs/process/250");
+    let path = "/oifde/rest/v2/crs/process/250";
+    let url = |t: usize| gws[(i + t) % gws.len()].url(path);
     let key = if i.is_multiple_of(5) { "2" } else { "1" };
     let note = |label: Option<&str>| {
         if let Some(l) = label {
@@ -159,7 +176,7 @@ async fn call(c: &Client, gw: &Dialog, i: usize, seen: &Mutex<Seen>) {
                 .insert(l.to_string());
         }
     };
-    let a = c.post(&url, body(&userid, 8, None, false)).await;
+    let a = c.post(&url(0), body(&userid, 8, None, false)).await;
     note(a.header("x-odfs-instance"));
     let route = a.header("x-graygate-route").unwrap_or("").to_string();
     let step = route
@@ -178,17 +195,17 @@ async fn call(c: &Client, gw: &Dialog, i: usize, seen: &Mutex<Seen>) {
             .push(format!("{userid} 8: {}", a.status));
         return;
     }
-    let a = c.post(&url, body(&userid, 9, Some(key), false)).await;
+    let a = c.post(&url(1), body(&userid, 9, Some(key), false)).await;
     note(a.header("x-odfs-instance"));
     let last = if a.json()["outaction"].as_i64() == Some(11) {
-        let a = c.post(&url, body(&userid, 11, None, true)).await;
+        let a = c.post(&url(2), body(&userid, 11, None, true)).await;
         note(a.header("x-odfs-instance"));
         11
     } else {
         9
     };
     let a = c
-        .post(&url, body(&userid, last, Some("hangup"), false))
+        .post(&url(3), body(&userid, last, Some("hangup"), false))
         .await;
     note(a.header("x-odfs-instance"));
     if a.status != 200 || a.json()["outaction"].as_i64() != Some(10) {
@@ -390,4 +407,98 @@ async fn an_identical_canary_walks_every_step_to_completed() {
             "completed: every new call to `to`"
         );
     }
+}
+
+// === two replicas on one Redis ===
+
+/// The file of both replicas: the rollout of [`routes`] over two reference ODFS servers that
+/// both replicas reach (a call's state lives on its ODFS, so both replicas must send its turns
+/// to the same one), pins and rollout state in `redis`.
+fn replica_routes(stable: &str, canary: &str, redis: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = routes(dir.path(), "end", "{ transferred: +5%, turn_p99: null }");
+    let rules = &yaml[yaml.find("rules:").unwrap()..];
+    format!(
+        "decision_header: true\npins:\n  store: {redis}\n  redis:\n    key_prefix: \"ro-test:\"\n    timeout: 250ms\nclusters:\n  stable: {{ endpoints: [\"{stable}\"] }}\n  canary: {{ endpoints: [\"{canary}\"] }}\n{rules}"
+    )
+}
+
+/// A reference ODFS of the test's own with the flow of [`flow`].
+async fn odfs(label: &str, two: &str) -> (crate::backend::Odfs, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{label}.yaml"));
+    std::fs::write(&path, flow(two)).unwrap();
+    let o = crate::backend::Odfs::start(graygate::backend::BackendOptions {
+        label: label.to_string(),
+        flows: Some(path),
+        ..Default::default()
+    })
+    .await;
+    (o, dir)
+}
+
+async fn rollout_of(c: &Client, gw: &Gateway) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&c.get_text(&gw.admin_url("/admin/rollouts")).await).unwrap();
+    v["rollouts"][0].clone()
+}
+
+/// Two replicas, one Redis, calls whose turns alternate between them: the rollout reaches
+/// `want` through one decision, and the replica that did not see it first follows within a
+/// second (same status, same transition, same epoch, one transition counted on each).
+async fn two_replicas_follow_one_decision(canary_two: &str, want: &str, kind: &str) {
+    let redis = crate::replicas::RedisServer::start().await;
+    let (stable, _ds) = odfs("stable", "end").await;
+    let (canary, _dc) = odfs("canary", canary_two).await;
+    let yaml = replica_routes(&stable.url(0, ""), &canary.url(0, ""), &redis.url());
+    let a = Gateway::start_with(&yaml, Default::default()).await;
+    let b = Gateway::start_with(&yaml, Default::default()).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let (calls, ra) = drive_on(&[&a, &b], 2000, 16, &seen).await;
+    assert_eq!(ra["status"], want, "replica A after {calls} calls: {ra:#}");
+    let c = Client::new();
+    let seen_at = Instant::now();
+    let rb = loop {
+        let rb = rollout_of(&c, &b).await;
+        if rb["status"] == want || seen_at.elapsed() > Duration::from_secs(1) {
+            break rb;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rb["status"], want, "replica B within a second: {rb:#}");
+    let ra = rollout_of(&c, &a).await;
+    for k in ["epoch", "step_index", "share"] {
+        assert_eq!(ra[k], rb[k], "{k}: {ra:#} / {rb:#}");
+    }
+    assert_eq!(ra["last_transition"], rb["last_transition"], "one decision");
+    assert_eq!(ra["last_transition"]["kind"], kind);
+    for gw in [&a, &b] {
+        assert_eq!(
+            gw.metric(
+                "graygate_rollout_transitions_total",
+                &[("rule", "v2"), ("to", kind)]
+            )
+            .await,
+            1.0,
+            "one {kind} transition on each replica"
+        );
+    }
+    let s = seen.lock().unwrap();
+    no_call_on_two_clusters(&s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_abort_once() {
+    if !crate::replicas::redis_or_skip("two_replicas_on_one_redis_abort_once") {
+        return;
+    }
+    two_replicas_follow_one_decision("agent", "aborted", "abort").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_redis_complete_once() {
+    if !crate::replicas::redis_or_skip("two_replicas_on_one_redis_complete_once") {
+        return;
+    }
+    two_replicas_follow_one_decision("end", "completed", "complete").await;
 }

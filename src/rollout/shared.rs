@@ -24,6 +24,7 @@ use crate::pins::redis::RedisStore;
 use super::judge::{Counts, SideView, BUCKETS};
 use super::machine::{Action, State, Transition};
 use super::Handle;
+use crate::vocab::CallOutcome;
 
 /// Compare-and-set: `SET KEYS[1] ARGV[2]` when its value is `ARGV[1]` ("" = absent).
 pub const CAS_LUA: &str = r"
@@ -66,7 +67,13 @@ pub struct Shared {
 }
 
 const SIDES: [&str; 2] = ["f", "t"];
-const OUTCOMES: [&str; 4] = ["completed", "transferred", "failed", "abandoned"];
+/// The outcome field names, in the order of the counters ([`CallOutcome::ALL`]).
+const OUTCOMES: [&str; 4] = [
+    CallOutcome::ALL[0].as_str(),
+    CallOutcome::ALL[1].as_str(),
+    CallOutcome::ALL[2].as_str(),
+    CallOutcome::ALL[3].as_str(),
+];
 
 /// What a handle gathered since the last tick: outcome counts and turn buckets per side.
 pub struct Deltas {
