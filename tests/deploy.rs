@@ -58,6 +58,14 @@ const SPEC_METRICS: &[(&str, &[&str])] = &[
     ("graygate_pin_store_duration_seconds", &["op"]),
     ("graygate_connections", &["listener"]),
     ("graygate_rejected_connections_total", &["reason"]),
+    ("graygate_pins_evicted_total", &["cluster"]),
+    (
+        "graygate_call_outcomes_total",
+        &["cluster", "rule", "outcome"],
+    ),
+    ("graygate_rollout_share_percent", &["rule"]),
+    ("graygate_rollout_state", &["rule", "state"]),
+    ("graygate_rollout_transitions_total", &["rule", "to"]),
 ];
 
 /// The spec's histograms (their series carry `_bucket`/`_sum`/`_count` and the `le` label).
@@ -519,6 +527,8 @@ fn every_alert_has_annotations_and_a_runbook_section() {
         "GraygateOrphanTurns",
         "GraygatePinsGrowing",
         "GraygateLatencyP99High",
+        "GraygateRolloutAborted",
+        "GraygateRolloutStuck",
     ];
     let names = alert_names();
     for w in wanted {
@@ -1580,7 +1590,7 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
         keys!(
             r,
             &at,
-            &["name", "vdn", "userid", "fields", "headers", "cluster", "split", "salt"]
+            &["name", "vdn", "userid", "fields", "headers", "cluster", "split", "rollout", "salt"]
         );
         match r.get("name").and_then(|n| n.as_str()) {
             Some(n) if rule_names.insert(n.to_string()) => {}
@@ -1617,9 +1627,34 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
                 errs.push(format!("{file}: {at}vdn: {spec:?}"));
             }
         }
-        let targets: Vec<String> = match (r.get("cluster"), r.get("split")) {
-            (Some(c), None) => vec![c.as_str().unwrap_or("").to_string()],
-            (None, Some(split)) => split
+        let targets: Vec<String> = match (r.get("cluster"), r.get("split"), r.get("rollout")) {
+            (Some(c), None, None) => vec![c.as_str().unwrap_or("").to_string()],
+            (None, None, Some(ro)) => {
+                keys!(
+                    ro,
+                    &format!("{at}rollout."),
+                    &[
+                        "from",
+                        "to",
+                        "steps",
+                        "step_min",
+                        "min_calls",
+                        "advance",
+                        "confidence",
+                        "abort_when"
+                    ]
+                );
+                ["from", "to"]
+                    .iter()
+                    .map(|k| {
+                        ro.get(*k)
+                            .and_then(|c| c.as_str())
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .collect()
+            }
+            (None, Some(split), None) => split
                 .as_mapping()
                 .into_iter()
                 .flatten()
@@ -1632,7 +1667,7 @@ fn lint_routes(file: &str, doc: &Yaml) -> Vec<String> {
                 .collect(),
             _ => {
                 errs.push(format!(
-                    "{file}: {at}: needs exactly one of cluster and split"
+                    "{file}: {at}: needs exactly one of cluster, split and rollout"
                 ));
                 vec![]
             }
@@ -1844,7 +1879,7 @@ async fn every_metric_name_used_appears_in_a_live_gateway() {
         Upstream::start("stable").await,
         Upstream::start("canary").await,
     );
-    let gw = Gateway::start(&two_clusters(&stable, &canary, "    fallback: stable\nrules:\n  - { name: t, vdn: [101], cluster: canary }\ndefault: stable\n")).await;
+    let gw = Gateway::start(&two_clusters(&stable, &canary, "    fallback: stable\nrules:\n  - { name: t, vdn: [101], cluster: canary }\n  - { name: r, vdn: [102], rollout: { from: stable, to: canary, steps: [5, 100] } }\ndefault: stable\n")).await;
     let c = Client::new();
     for k in 0..5 {
         c.turn(&gw, Some(101), &format!("live-{k}"), 8, None).await;

@@ -256,7 +256,11 @@ impl Handle {
         if l.state == st {
             return false;
         }
-        let news = st.last.is_some() && st.last != l.state.last;
+        // A transition is told by when and what it was, not by its figures: those went through
+        // JSON (Redis), and a float need not come back bit for bit, so a state read back must
+        // not count as news of a transition this replica already told.
+        let key = |t: &Option<Transition>| t.as_ref().map(|t| (t.at_ms, t.kind, t.to, t.share_to));
+        let news = st.last.is_some() && key(&st.last) != key(&l.state.last);
         l.state = st.clone();
         self.publish(&st);
         self.point(&mut l, &st, now_ms, true);
@@ -575,7 +579,9 @@ impl Rollouts {
             let json = serde_json::to_string(&st).unwrap_or_default();
             match sh.cas(h, raw.as_deref(), &json).await {
                 Ok(true) => {
-                    h.follow(st, now_ms);
+                    // Follow what was written, as every other replica reads it.
+                    let written = serde_json::from_str::<State>(&json).unwrap_or(st);
+                    h.follow(written, now_ms);
                     self.emit(h, &t);
                 }
                 Ok(false) => {} // someone acted meanwhile: follow it next tick
