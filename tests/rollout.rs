@@ -502,3 +502,192 @@ async fn two_replicas_on_one_redis_complete_once() {
     }
     two_replicas_follow_one_decision("end", "completed", "complete").await;
 }
+
+// === operating a rollout: the admin surface, the command line, explain, history ===
+
+/// `POST /admin/rollouts/{name}/{action}` behind the token, with its 404, 405 and 409;
+/// `graygate rollout` through the same surface; `GET /admin/explain` and `graygate explain` with
+/// the step and share; a history entry per transition with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_drive_a_rollout_through_admin_and_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = routes(dir.path(), "end", "{ transferred: +5%, turn_p99: null }")
+        .replacen(
+            "decision_header: true\n",
+            "decision_header: true\nadmin_token_file: admin.token\n",
+            1,
+        )
+        .replace("step_min: 300ms", "step_min: 10m");
+    std::fs::write(dir.path().join("admin.token"), "op-token\n").unwrap();
+    let token_file = dir.path().join("admin.token");
+    let routes_file = dir.path().join("routes.yaml");
+    let gw = Gateway::start_in(dir, &yaml, Default::default()).await;
+    let c = Client::new();
+    let auth = [("authorization", "Bearer op-token")];
+    let act = |name: &str, action: &str| gw.admin_url(&format!("/admin/rollouts/{name}/{action}"));
+
+    // Behind the token.
+    assert_eq!(
+        c.request("POST", &act("v2", "pause"), &[], "").await.status,
+        401
+    );
+    assert_eq!(
+        c.request("GET", &gw.admin_url("/admin/rollouts"), &[], "")
+            .await
+            .status,
+        401
+    );
+    // Unknown rollout, unknown action, wrong method.
+    assert_eq!(
+        c.request("POST", &act("nope", "pause"), &auth, "")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        c.request("POST", &act("v2", "jump"), &auth, "")
+            .await
+            .status,
+        404
+    );
+    let a = c.request("GET", &act("v2", "pause"), &auth, "").await;
+    assert_eq!((a.status.as_u16(), a.header("allow")), (405, Some("POST")));
+
+    // The step and share, offline and online.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_graygate"))
+        .args(["explain", "-c"])
+        .arg(&routes_file)
+        .args(["--vdn", "250", "--userid", "who", "--json"])
+        .output()
+        .unwrap();
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["rule"], "v2", "{e}");
+    assert_eq!(
+        (
+            e["rollout"]["step"].as_u64(),
+            e["rollout"]["steps"].as_u64(),
+            e["rollout"]["share"].as_f64()
+        ),
+        (Some(1), Some(3), Some(20.0)),
+        "{e}"
+    );
+    let e: serde_json::Value = c
+        .request(
+            "GET",
+            &gw.admin_url("/admin/explain?vdn=250&userid=who"),
+            &auth,
+            "",
+        )
+        .await
+        .json();
+    assert_eq!(e["rollout"]["status"], "running", "{e}");
+
+    // pause, pause again (409), resume; abort with a reason, abort again (409); the CLI resumes.
+    let a = c.request("POST", &act("v2", "pause"), &auth, "").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["status"], "paused");
+    assert_eq!(
+        c.request("POST", &act("v2", "pause"), &auth, "")
+            .await
+            .status,
+        409
+    );
+    let a = c.request("POST", &act("v2", "resume"), &auth, "").await;
+    assert_eq!(a.json()["status"], "running");
+    let a = c
+        .request("POST", &act("v2", "abort"), &auth, r#"{"reason":"lunch"}"#)
+        .await;
+    assert_eq!(a.status, 200);
+    let v = a.json();
+    assert_eq!(
+        (v["status"].as_str(), v["share"].as_f64()),
+        (Some("aborted"), Some(0.0))
+    );
+    assert!(
+        v["last_transition"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lunch"),
+        "{v}"
+    );
+    assert_eq!(
+        c.request("POST", &act("v2", "abort"), &auth, "")
+            .await
+            .status,
+        409
+    );
+    let admin = gw.admin_url("");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_graygate"))
+            .arg("rollout")
+            .args(args)
+            .args(["--admin", &admin, "--token-file"])
+            .arg(&token_file)
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| cli(&["resume", "v2"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::block_in_place(|| cli(&["status", "--json"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = v["rollouts"].get(0).unwrap_or(&v);
+    assert_eq!(r["status"], "running", "resumed from step 1: {v}");
+    assert_eq!(r["step_index"], 0);
+    let out = tokio::task::block_in_place(|| cli(&["status"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("v2") && text.contains("running"), "{text}");
+    let out = tokio::task::block_in_place(|| cli(&["promote", "nope"]));
+    assert!(!out.status.success(), "an unknown rollout fails");
+
+    // Every transition is in the history, newest first, with its reason.
+    let h: serde_json::Value = c
+        .request("GET", &gw.admin_url("/admin/history"), &auth, "")
+        .await
+        .json();
+    let kinds: Vec<&str> = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "rollout")
+        .map(|e| e["transition"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["resume", "abort", "resume", "pause"],
+        "newest first: {h:#}"
+    );
+    let abort = h["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["transition"] == "abort")
+        .unwrap();
+    assert!(
+        abort["reason"].as_str().unwrap().contains("lunch"),
+        "{abort}"
+    );
+    assert_eq!(
+        (abort["rule"].as_str(), abort["to"].as_str()),
+        (Some("v2"), Some("aborted"))
+    );
+    for (to, n) in [("pause", 1.0), ("resume", 2.0), ("abort", 1.0)] {
+        assert_eq!(
+            gw.metric(
+                "graygate_rollout_transitions_total",
+                &[("rule", "v2"), ("to", to)]
+            )
+            .await,
+            n,
+            "{to}"
+        );
+    }
+}

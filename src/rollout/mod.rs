@@ -621,7 +621,8 @@ impl Rollouts {
         self.ops.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Be told about every transition (a JSON object: rule, from, to, kind, reason, figures).
+    /// Be told about every transition (a JSON object: rule, transition, from, to, share_from,
+    /// share_to, reason, figures).
     pub fn on_transition(&self, f: TransitionHook) {
         self.hooks.lock().unwrap_or_else(|p| p.into_inner()).push(f);
     }
@@ -761,9 +762,10 @@ impl Rollouts {
         } else {
             tracing::info!(rule, kind = t.kind.as_str(), from = t.from.as_str(), to = t.to.as_str(), share_from, share_to, reason = %t.reason, figures = %t.figures, "rollout transition");
         }
+        // `transition`, not `kind`: the history's own `kind` ("rollout") goes beside it.
         let detail = serde_json::json!({
             "rule": rule,
-            "kind": t.kind.as_str(),
+            "transition": t.kind.as_str(),
             "from": t.from.as_str(),
             "to": t.to.as_str(),
             "share_from": share_from,
