@@ -691,3 +691,75 @@ async fn operators_drive_a_rollout_through_admin_and_the_command_line() {
         );
     }
 }
+
+/// A replica that loses Redis keeps the share it last knew and judges nothing; an operator's
+/// action on it answers 503 rather than decide alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_redis_keeps_its_share_and_judges_nothing() {
+    if !crate::replicas::redis_or_skip("a_replica_without_redis_keeps_its_share_and_judges_nothing")
+    {
+        return;
+    }
+    let mut redis = crate::replicas::RedisServer::start().await;
+    let (stable, _ds) = odfs("stable", "end").await;
+    let (canary, _dc) = odfs("canary", "agent").await;
+    // Half the new calls to the canary and 20 ended calls per side: the 200 calls below would
+    // abort it (one in five of its callers transferred) if it were judged.
+    let yaml = replica_routes(&stable.url(0, ""), &canary.url(0, ""), &redis.url())
+        .replace("steps: [20, 50, 100]", "steps: [50, 100]")
+        .replace("min_calls: 60", "min_calls: 20");
+    let gw = Gateway::start_with(&yaml, Default::default()).await;
+    let c = Client::new();
+    // The state is in Redis once a judge tick wrote it.
+    let conn = redis.conn().await;
+    let stored = crate::support::eventually(Duration::from_secs(5), || {
+        let mut conn = conn.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("ro-test:*rollout:v2:*:state")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            !keys.is_empty()
+        }
+    })
+    .await;
+    assert!(stored, "the rollout state was written to Redis");
+    redis.kill();
+    // Calls that would abort the canary: 200 of them, the canary's share of them transferring.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let dialogs = [Dialog(gw.dialog)];
+    for i in 0..200 {
+        call(&c, &dialogs, i, &seen).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = rollout_of(&c, &gw).await;
+    assert_eq!(
+        (r["status"].as_str(), r["share"].as_f64()),
+        (Some("running"), Some(50.0)),
+        "no judging without Redis: {r:#}"
+    );
+    let a = c
+        .request("POST", &gw.admin_url("/admin/rollouts/v2/abort"), &[], "")
+        .await;
+    assert_eq!(a.status, 503, "{:?}", a.body);
+    let a = c
+        .post(
+            &gw.url("/oifde/rest/v2/crs/process/250"),
+            body("after-redis", 8, None, false),
+        )
+        .await;
+    assert!(
+        a.header("x-graygate-route").unwrap().ends_with("; step=50"),
+        "{:?}",
+        a.header("x-graygate-route")
+    );
+    assert_eq!(
+        gw.metric(
+            "graygate_rollout_transitions_total",
+            &[("rule", "v2"), ("to", "abort")]
+        )
+        .await,
+        0.0
+    );
+}
