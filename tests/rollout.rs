@@ -763,3 +763,51 @@ async fn a_replica_without_redis_keeps_its_share_and_judges_nothing() {
         0.0
     );
 }
+
+/// With the memory store the rollout's state is a section of `pins.snapshot`: a restart of the
+/// gateway finds it paused at the same step, in the same epoch, with its step's counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_state_survives_a_restart_in_pins_snapshot() {
+    let files = tempfile::tempdir().unwrap();
+    let snapshot = files.path().join("pins.snapshot");
+    let (stable, _ds) = odfs("stable", "end").await;
+    let (canary, _dc) = odfs("canary", "end").await;
+    let yaml = replica_routes(&stable.url(0, ""), &canary.url(0, ""), "memory").replacen(
+        "pins:\n  store: memory\n  redis:\n    key_prefix: \"ro-test:\"\n    timeout: 250ms\n",
+        &format!("pins:\n  snapshot: {}\n", snapshot.display()),
+        1,
+    );
+    assert!(yaml.contains("snapshot:"), "{yaml}");
+    let mut gw = Gateway::start_with(&yaml, Default::default()).await;
+    let c = Client::new();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let dialogs = [Dialog(gw.dialog)];
+    for i in 0..30 {
+        call(&c, &dialogs, i, &seen).await;
+    }
+    let a = c
+        .request("POST", &gw.admin_url("/admin/rollouts/v2/pause"), &[], "")
+        .await;
+    assert_eq!(a.status, 200);
+    let before = rollout_of(&c, &gw).await;
+    assert_eq!(before["status"], "paused");
+    let ended = before["sides"]["from"]["ended"].as_u64().unwrap()
+        + before["sides"]["to"]["ended"].as_u64().unwrap();
+    assert!(ended > 0, "{before:#}");
+    gw.stop().await;
+    drop(gw);
+
+    let gw = Gateway::start_with(&yaml, Default::default()).await;
+    let after = rollout_of(&c, &gw).await;
+    for k in [
+        "status",
+        "epoch",
+        "step_index",
+        "share",
+        "step_started_at",
+        "sides",
+    ] {
+        assert_eq!(after[k], before[k], "{k}: {after:#}");
+    }
+    assert_eq!(after["last_transition"]["kind"], "pause");
+}
