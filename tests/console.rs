@@ -355,9 +355,6 @@ async fn console_in_chromium_shows_clusters_rules_shares_and_history_live() {
         "2"
     );
 
-    if let Some(path) = std::env::var_os("GRAYGATE_CONSOLE_PNG_BASIC") {
-        std::fs::write(path, b(|| br.screenshot(1280)).unwrap()).unwrap();
-    }
     // Readable on a phone: nothing wider than the screen but the tables' own scroll boxes.
     b(|| br.viewport(390, 844, true)).unwrap();
     let overflow =
@@ -366,6 +363,9 @@ async fn console_in_chromium_shows_clusters_rules_shares_and_history_live() {
         overflow.as_i64().unwrap() <= 0,
         "page wider than a phone by {overflow}px"
     );
+    if let Some(path) = std::env::var_os("GRAYGATE_CONSOLE_PHONE_PNG") {
+        std::fs::write(path, b(|| br.screenshot(390, true)).unwrap()).unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

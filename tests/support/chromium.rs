@@ -295,15 +295,15 @@ impl Chromium {
         Ok(())
     }
 
-    /// A PNG of the whole page at `width` CSS pixels.
-    pub fn screenshot(&mut self, width: u32) -> Result<Vec<u8>> {
-        self.viewport(width, 800, false)?;
+    /// A PNG of the whole page at `width` CSS pixels (`mobile`: as a phone lays it out).
+    pub fn screenshot(&mut self, width: u32, mobile: bool) -> Result<Vec<u8>> {
+        self.viewport(width, 800, mobile)?;
         let h = self
             .eval("Math.ceil(document.documentElement.scrollHeight)")?
             .as_u64()
             .unwrap_or(800)
             .clamp(200, 6000) as u32;
-        self.viewport(width, h, false)?;
+        self.viewport(width, h, mobile)?;
         let r = self.call("Page.captureScreenshot", json!({"format": "png"}))?;
         let b64 = r["data"].as_str().ok_or("no screenshot data")?;
         use base64::Engine;

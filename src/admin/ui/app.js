@@ -241,7 +241,7 @@
     const list = (shares && shares.clusters) || [];
     const total = shares ? shares.calls : 0;
     if (!list.length) {
-      return [el('tr', { 'data-rule': name }, el('td', null, el('b', { text: name })), el('td', { text: what }), el('td', { text: '–' }), el('td'), el('td'), el('td'))];
+      return [el('tr', { 'data-rule': name }, el('td', null, el('b', { text: name })), el('td', { class: 'small hide-narrow', text: what }), el('td', { text: '–' }), el('td'), el('td'), el('td'))];
     }
     return list.map((c, i) => {
       const obs = c.observed;
@@ -249,7 +249,7 @@
       bar.firstChild.style.width = Math.round(Math.min(1, obs || 0) * 100) + '%';
       return el('tr', { class: i ? 'sub' : null, 'data-rule': name, 'data-cluster': c.cluster },
         el('td', null, i ? name : el('b', { class: isDefault ? 'muted' : null, text: name })),
-        el('td', { class: 'small', text: i ? '' : what }),
+        el('td', { class: 'small hide-narrow', text: i ? '' : what }),
         el('td', { text: c.cluster }),
         el('td', { class: 'num configured', text: pct(c.configured) }),
         el('td', { class: 'num observed' + (off(c.configured, obs, total) ? ' off' : ''), title: obs === null ? 'no new call in the window' : c.calls + ' of ' + total + ' new calls' },
