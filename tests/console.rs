@@ -513,3 +513,297 @@ async fn console_with_a_token_shows_only_the_prompt_until_the_token_works() {
         .json();
     assert_eq!(h["events"].as_array().unwrap().len(), 1, "{h}");
 }
+
+// === Rollouts: the console's ladder and buttons, and the history of an abort ===
+
+/// Two embedded clusters and a rollout between them that advances every second once each side
+/// has 20 ended calls (turn_p99 off: a loaded test machine's latency is not the canary's).
+const ROLLOUT: &str = "clusters:
+  stable:
+    embedded: { label: stable }
+  canary:
+    embedded: { label: canary }
+rules:
+  - name: v2
+    vdn: [200-299]
+    rollout:
+      from: stable
+      to: canary
+      steps: [5, 25, 50, 100]
+      step_min: 1s
+      min_calls: 20
+      abort_when: { failed: +1%, abandoned: +2%, turn_p99: null }
+    salt: console-test
+default: stable
+";
+
+/// One whole call on vdn 250 (the rollout's), ending with the hangup report.
+async fn whole_call(c: &Client, gw: &Gateway, userid: &str) {
+    for (inaction, input) in [(8, None), (9, Some("1")), (9, Some("hangup"))] {
+        let a = c.turn(gw, Some(250), userid, inaction, input).await;
+        assert_eq!(a.status, 200, "{userid}: {:?}", a.body);
+    }
+}
+
+async fn rollout(gw: &Gateway, token: Option<&str>) -> serde_json::Value {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let v = Client::new()
+        .request("GET", &gw.admin_url("/admin/rollouts"), &headers, "")
+        .await;
+    assert_eq!(v.status, 200, "{:?}", v.body);
+    v.json()["rollouts"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_chromium_runs_a_rollout() {
+    let Some(bin) = chromium::or_skip("console_in_chromium_runs_a_rollout") else {
+        return;
+    };
+    let gw = Gateway::start(ROLLOUT).await;
+    // Calls until the rollout has climbed a step or two (or 40 s went by: the checks below
+    // compare the page with the gateway's own answer, whatever step it reached).
+    let c = Client::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut k = 0;
+    while tokio::time::Instant::now() < until {
+        for _ in 0..10 {
+            whole_call(&c, &gw, &format!("ro-{k}")).await;
+            k += 1;
+        }
+        let r = rollout(&gw, None).await;
+        assert_eq!(r["status"], "running", "{r}");
+        if r["step_index"].as_u64().unwrap() >= 2 {
+            break;
+        }
+    }
+    let mut br = b(|| Chromium::launch(&bin)).expect("chromium starts");
+    let url = gw.admin_url("/admin/ui");
+    b(|| br.navigate(&url)).unwrap();
+    b(|| {
+        br.wait_for(
+            "!!document.querySelector('[data-rollout=\"v2\"] .ladder li.current')",
+            WAIT,
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", br.text()));
+    // Both clusters and the rollout rule with its configured split.
+    for name in ["stable", "canary"] {
+        b(|| br.wait_for(&cluster_row(name), WAIT)).unwrap();
+    }
+    let r = rollout(&gw, None).await;
+    let share = r["share"].as_f64().unwrap();
+    b(|| {
+        br.wait_for(
+            &format!(
+                "{} === '{}'",
+                rule_cell("v2", "canary", "configured"),
+                pct(share / 100.0)
+            ),
+            WAIT,
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{r}"));
+    if let Some(path) = std::env::var_os("GRAYGATE_CONSOLE_PNG") {
+        b(|| {
+            br.wait_for(
+                "!!document.querySelector('[data-rollout=\"v2\"] svg.chart')",
+                WAIT,
+            )
+        })
+        .unwrap();
+        std::fs::write(path, b(|| br.screenshot(1280, false)).unwrap()).unwrap();
+        b(|| br.viewport(1280, 1600, false)).unwrap();
+    }
+
+    // Pause, clicked: the rollout stops where it is.
+    b(|| br.click("button[data-action=pause][data-rollout=v2]")).unwrap();
+    let paused = {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..100 {
+            last = rollout(&gw, None).await;
+            if last["status"] == "paused" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    };
+    assert_eq!(paused["status"], "paused", "{paused}");
+    b(|| {
+        br.wait_for(
+            "!!document.querySelector('[data-rollout=\"v2\"] .badge.s-paused')",
+            WAIT,
+        )
+    })
+    .unwrap();
+    // The ladder and the sides as the gateway has them (paused: nothing moves now).
+    let step = paused["step_index"].as_u64().unwrap();
+    let steps = paused["steps"].as_array().unwrap().len();
+    let ladder = b(|| {
+        br.eval(
+            "[...document.querySelectorAll('[data-rollout=\"v2\"] .ladder li')].map(li => li.className + ':' + li.dataset.step)",
+        )
+    })
+    .unwrap();
+    let ladder: Vec<&str> = ladder
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ladder.len(), steps, "{ladder:?}");
+    for (i, li) in ladder.iter().enumerate() {
+        let want = match (i as u64).cmp(&step) {
+            std::cmp::Ordering::Less => "done:",
+            std::cmp::Ordering::Equal => "current paused:",
+            std::cmp::Ordering::Greater => "todo:",
+        };
+        assert!(li.starts_with(want), "step {i}: {li} (at step {step})");
+        assert!(li.ends_with(&format!(":{}", paused["steps"][i])), "{li}");
+    }
+    for side in ["from", "to"] {
+        let shown = b(|| {
+            br.eval(&format!(
+                "document.querySelector('[data-rollout=\"v2\"] tr[data-side={side}] td.ended').textContent"
+            ))
+        })
+        .unwrap();
+        let ended = paused["sides"][side]["ended"].as_u64().unwrap();
+        assert_eq!(shown.as_str().unwrap(), format!("{ended} / 20"), "{side}");
+    }
+    let verdicts = b(|| {
+        br.eval("document.querySelectorAll('[data-rollout=\"v2\"] tr[data-criterion]').length")
+    })
+    .unwrap();
+    assert_eq!(
+        verdicts.as_u64().unwrap() as usize,
+        paused["verdicts"].as_array().unwrap().len()
+    );
+
+    // Abort asks for a reason; the typed reason reaches the rollout and the history.
+    b(|| br.click("button[data-action=abort][data-rollout=v2]")).unwrap();
+    b(|| {
+        br.wait_for(
+            "!document.querySelector('[data-abort-form=\"v2\"]').hidden",
+            WAIT,
+        )
+    })
+    .unwrap();
+    b(|| br.click("input[data-reason=v2]")).unwrap();
+    b(|| br.type_text("callers hear the old menu")).unwrap();
+    b(|| br.click("button[data-action=abort-confirm][data-rollout=v2]")).unwrap();
+    b(|| {
+        br.wait_for(
+            "!!document.querySelector('[data-rollout=\"v2\"] .ladder li.current.aborted')",
+            WAIT,
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", br.text()));
+    let aborted = rollout(&gw, None).await;
+    assert_eq!(aborted["status"], "aborted", "{aborted}");
+    assert!(
+        aborted["last_transition"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("callers hear the old menu"),
+        "{aborted}"
+    );
+    b(|| {
+        br.wait_for(
+            "[...document.querySelectorAll('#history li[data-kind=rollout]')].some(li => li.innerText.includes('callers hear the old menu'))",
+            WAIT,
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", br.text()));
+    // Only resume is offered now.
+    let enabled = b(|| {
+        br.eval("[...document.querySelectorAll('[data-rollout=\"v2\"] .actions button')].filter(b => !b.disabled).map(b => b.dataset.action)")
+    })
+    .unwrap();
+    assert_eq!(enabled, serde_json::json!(["resume"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_holds_start_good_reload_bad_reload_and_rollout_abort_in_order() {
+    let gw = Gateway::start(ROLLOUT).await;
+    let c = Client::new();
+    // A good reload that leaves the rollout block alone (its state is kept).
+    gw.write_config(&ROLLOUT.replace(
+        "default: stable",
+        "  - { name: tenant, vdn: [101], cluster: canary }\ndefault: stable",
+    ));
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // A bad one.
+    gw.write_config(&ROLLOUT.replace("to: canary", "to: nowhere"));
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    // An operator's abort with a reason.
+    let r = c
+        .post(
+            &gw.admin_url("/admin/rollouts/v2/abort"),
+            r#"{"reason":"night shift says no"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    let h = c
+        .request("GET", &gw.admin_url("/admin/history"), &[], "")
+        .await
+        .json();
+    let ev = h["events"].as_array().unwrap();
+    let kinds: Vec<&str> = ev.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["rollout", "reload_failed", "applied", "applied"],
+        "{h:#}"
+    );
+    let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [4, 3, 2, 1]);
+    let ats: Vec<std::time::SystemTime> = ev
+        .iter()
+        .map(|e| humantime::parse_rfc3339(e["at"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(ats.windows(2).all(|w| w[0] >= w[1]), "{ats:?}");
+
+    let abort = &ev[0];
+    assert_eq!(abort["rule"], "v2", "{abort}");
+    assert_eq!(abort["from"], "running", "{abort}");
+    assert_eq!(abort["to"], "aborted", "{abort}");
+    assert!(
+        abort["reason"]
+            .as_str()
+            .unwrap()
+            .contains("night shift says no"),
+        "{abort}"
+    );
+    let failed = &ev[1];
+    assert!(
+        failed["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("nowhere")),
+        "{failed}"
+    );
+    assert_eq!(failed["running_generation"], 2);
+    let good = &ev[2];
+    assert_eq!(
+        (good["generation"].as_u64(), good["trigger"].as_str()),
+        (Some(2), Some("api"))
+    );
+    assert_eq!(
+        good["plan"]["changes"]["rules_added"],
+        serde_json::json!(["tenant"])
+    );
+    let start = &ev[3];
+    assert_eq!(
+        (start["generation"].as_u64(), start["trigger"].as_str()),
+        (Some(1), Some("start"))
+    );
+    assert_eq!(
+        start["plan"]["changes"]["rules_added"],
+        serde_json::json!(["v2"])
+    );
+}
