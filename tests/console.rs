@@ -660,7 +660,9 @@ async fn console_in_chromium_runs_a_rollout() {
             std::cmp::Ordering::Greater => "todo:",
         };
         assert!(li.starts_with(want), "step {i}: {li} (at step {step})");
-        assert!(li.ends_with(&format!(":{}", paused["steps"][i])), "{li}");
+        // Steps are percentages (5.0); the page writes them as JavaScript prints numbers (5).
+        let pct = paused["steps"][i].as_f64().unwrap();
+        assert!(li.ends_with(&format!(":{pct}")), "{li}");
     }
     for side in ["from", "to"] {
         let shown = b(|| {
