@@ -462,3 +462,82 @@ async fn a_failed_reload_records_the_hash_of_the_bytes_it_compiled() {
         .json();
     assert!(cfg["last_reload_error_sha256"].is_null(), "{cfg}");
 }
+
+/// Point 4: the name table grows only by the names of files that compiled. A failed reload
+/// with thousands of made-up rule names and the hostile files add nothing; renaming three rules
+/// adds three; reloading the same names adds none. (The real binary: the table is per process.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_file_that_compiles_adds_names() {
+    let up = Upstream::start("stable").await;
+    let rules = |prefix: &str, n: usize| {
+        let mut y = stable_only(&up);
+        y.push_str("rules:\n");
+        for i in 0..n {
+            y.push_str(&format!(
+                "  - {{ name: {prefix}{i}, vdn: [{}], cluster: stable }}\n",
+                1000 + i
+            ));
+        }
+        y
+    };
+    let p = Process::start(&rules("r", 10)).await;
+    let c = Client::new();
+    let names = || async {
+        let cfg = c
+            .request("GET", &format!("http://{}/admin/config", p.admin), &[], "")
+            .await
+            .json();
+        cfg["name_table"]["names"].as_u64().unwrap()
+    };
+    let start = names().await;
+    let write = |y: &str| {
+        let text = std::fs::read_to_string(&p.path).unwrap();
+        let head: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&p.path, format!("{head}{y}")).unwrap();
+    };
+    let reload = || async {
+        c.post(&format!("http://{}/admin/reload", p.admin), "")
+            .await
+            .status
+    };
+    // Made-up cluster and rule names, and one error: nothing is interned.
+    let made_up_clusters: String = (0..200)
+        .map(|i| format!("  made-up-c{i}: {{ endpoints: [{}] }}\n", up.url()))
+        .collect();
+    write(&format!(
+        "{}  - {{ name: broken, cluster: nowhere }}\n",
+        rules("made-up-", 3000).replacen(
+            "clusters:\n",
+            &format!("clusters:\n{made_up_clusters}"),
+            1
+        )
+    ));
+    assert_eq!(reload().await, 422);
+    assert_eq!(names().await, start);
+    for bad in [
+        alias_bomb(&up),
+        deep_block(&up),
+        stable_only(&up).replace("5s", "soon"),
+    ] {
+        write(&bad);
+        assert_eq!(reload().await, 422);
+    }
+    assert_eq!(names().await, start, "hostile files add no names");
+    // Three new names.
+    write(
+        &rules("r", 10)
+            .replace("name: r7,", "name: s7,")
+            .replace("name: r8,", "name: s8,")
+            .replace("name: r9,", "name: s9,"),
+    );
+    assert_eq!(reload().await, 200);
+    assert_eq!(names().await, start + 3);
+    write(&rules("r", 10));
+    assert_eq!(reload().await, 200);
+    assert_eq!(
+        names().await,
+        start + 3,
+        "names come back with their old ids"
+    );
+    drop(p);
+}

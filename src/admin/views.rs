@@ -151,6 +151,7 @@ pub fn config(a: &Admin) -> serde_json::Value {
         "path": snap.path.display().to_string(),
         "last_reload_error": status.last_error.as_ref().map(|errs| errs.iter().map(|e| serde_json::json!({"line": e.line, "column": e.column, "path": e.path, "message": e.message, "text": e.to_string()})).collect::<Vec<_>>()),
         "last_reload_error_sha256": status.last_error_sha256,
+        "name_table": {"names": names::len(), "max": names::MAX_NAMES},
         "reloads": {"success": status.reloads_ok, "failure": status.reloads_failed},
         "restart_needed": status.restart_needed,
         "default": default_name,

@@ -198,7 +198,8 @@ pub fn compile_with(
         let spec = compile_cluster(&mut ctx, name, rc);
         clusters.push(ClusterEntry {
             name: Arc::from(name.as_str()),
-            id: names::intern(name),
+            // Interned with the rules' names once the whole file has compiled.
+            id: names::NameId(0),
             spec,
         });
     }
@@ -397,8 +398,30 @@ pub fn compile_with(
     if !ctx.errors.is_empty() {
         return Err(ctx.errors.sorted());
     }
+    // Only a file that compiled adds names, all at once (ids.rs: linear, bounded).
+    let batch = clusters
+        .iter()
+        .map(|c| &*c.name)
+        .chain(rules.iter().map(|r| &*r.name))
+        .chain(["default"]);
+    let mut ids = match names::intern_all(batch) {
+        Ok(ids) => ids.into_iter(),
+        Err(full) => {
+            return Err(LocatedErrors(vec![Located::new(
+                file,
+                1,
+                1,
+                "",
+                full.to_string(),
+            )]))
+        }
+    };
+    for c in clusters.iter_mut() {
+        c.id = ids.next().unwrap_or(names::NameId(0));
+    }
+    let rule_ids: Vec<names::NameId> = ids.by_ref().take(rules.len()).collect();
+    let default_rule_id = ids.next().unwrap_or(names::NameId(0));
     let draining = clusters.iter().map(|c| c.spec.drain).collect();
-    let rule_ids = rules.iter().map(|r| names::intern(&r.name)).collect();
     let routing = Routing::new(rules, default, names_list, draining, fallback);
     let snap = Snapshot {
         generation: 0,
@@ -419,7 +442,7 @@ pub fn compile_with(
         routing,
         clusters,
         rule_ids,
-        default_rule_id: names::intern("default"),
+        default_rule_id,
         rollouts,
         pools: Vec::new(),
         views: Vec::new(),

@@ -623,9 +623,15 @@ fn read(path: &Path, store: &MemoryStore) -> std::io::Result<ReadOutcome> {
             r.skipped += 1;
             return;
         }
+        // Names this gateway ran; past the table's ceiling (ids.rs) the pin is skipped.
+        let (Some(cluster), Some(rule)) = (names::try_intern(cluster), names::try_intern(rule))
+        else {
+            r.skipped += 1;
+            return;
+        };
         let pin = Pin {
-            cluster: names::intern(cluster),
-            rule: names::intern(rule),
+            cluster,
+            rule,
             generation,
             created_at_ms,
             ending,
