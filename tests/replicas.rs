@@ -554,3 +554,53 @@ async fn idle_replica_survives_a_redis_restart_without_a_store_error() {
     assert_eq!(store_view(&c, &b).await["state"], "ok");
     assert_eq!(b.metric("graygate_orphan_turns_total", &[]).await, 0.0);
 }
+
+/// Issue 13, point 6: a pin released while Redis was healthy does not come back with the
+/// re-seed after an outage in which Redis restarted with its data (docs/replicas.md: only pins
+/// of the outage are re-seeded then); a pin created during the outage is written back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_released_while_redis_was_healthy_stays_released_after_an_outage() {
+    if !redis_or_skip("a_pin_released_while_redis_was_healthy_stays_released_after_an_outage") {
+        return;
+    }
+    let mut redis = RedisServer::start().await;
+    let (_upstreams, yaml) = half_split(&redis).await;
+    let a = Gateway::start(&yaml).await;
+    let b = Gateway::start(&yaml).await;
+    let c = Client::new();
+    // Both replicas have seen both calls; B releases one of them while Redis is healthy.
+    for u in ["released-1", "kept-1"] {
+        let (first, _) = turn(&c, &a, u, 8).await;
+        assert_eq!(turn(&c, &b, u, 9).await, (first, "kept".into()));
+    }
+    // Let A's keeper read the data's epoch; the pins are older than the outage by more than
+    // the re-seed's slack (4 x redis.timeout).
+    assert!(eventually(Duration::from_secs(5), || store_ok(&c, &a)).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = c
+        .request("DELETE", &b.admin_url("/admin/pins/released-1"), &[], "")
+        .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(redis.cluster_of("released-1").await, None);
+    // Redis restarts with its data (as a managed Redis does); A notices while it is away.
+    let mut direct = redis.conn().await;
+    let _: () = redis::cmd("SAVE").query_async(&mut direct).await.unwrap();
+    drop(direct);
+    redis.kill();
+    let (outage_cluster, kind) = turn(&c, &a, "outage-1", 8).await;
+    assert_eq!(kind, "new");
+    assert_eq!(store_view(&c, &a).await["state"], "degraded");
+    redis.spawn().await;
+    assert!(
+        eventually(Duration::from_secs(15), || store_ok(&c, &a)).await,
+        "{}",
+        store_view(&c, &a).await
+    );
+    assert_eq!(
+        redis.cluster_of("released-1").await,
+        None,
+        "the released pin came back"
+    );
+    assert_eq!(redis.cluster_of("outage-1").await, Some(outage_cluster));
+    assert!(redis.cluster_of("kept-1").await.is_some());
+}

@@ -31,11 +31,14 @@
 //! `degraded`. From then on turns skip Redis and use the local table (counted as errors of
 //! their op), store calls that change a pin are queued in a bounded map ([`MAX_PENDING`]), and
 //! the keeper task ([`RedisStore::spawn_keeper`]) probes Redis with backoff. When Redis answers
-//! again the keeper writes the queue, then re-seeds Redis with every live local pin (`SET NX`,
-//! so nothing newer is overwritten; this refills a Redis that restarted empty and covers
-//! anything the bounded queue had to drop), and only then turns the store back to `ok`. The
-//! re-seed is skipped when Redis's `run_id` is the one seen before the outage (the same process
-//! kept its data: a network blip or a slow moment, not a restart).
+//! again the keeper writes the queue, then re-seeds Redis (`SET NX`, so nothing newer is
+//! overwritten), and only then turns the store back to `ok`. The re-seed is skipped when
+//! Redis's `run_id` is the one seen before the outage (the same process kept its data: a
+//! network blip or a slow moment); it covers only the pins created during the outage when the
+//! data's epoch ([`EPOCH_KEY`]) is the one seen before (another process with the same data: a
+//! failover, a restart from disk), so a pin released in Redis while it was healthy stays
+//! released; and it writes every live local pin when the epoch is new (a restart that lost the
+//! data: the replicas' tables are all that is left).
 //!
 //! # Sentinel (`redis+sentinel://`)
 //!
@@ -85,6 +88,10 @@ use crate::metrics::{store_error, store_timer, Metrics};
 /// Pin changes queued while Redis is away, at most. Past it new entries are dropped (and
 /// counted): the re-seed after recovery still writes every live local pin.
 pub const MAX_PENDING: usize = 100_000;
+/// The key (after the prefix) naming the data's epoch: a random value set by the first replica
+/// to find it missing, so that a Redis that lost its data (a restart without persistence) is
+/// told from one that kept it. No userid is a NUL byte and a word.
+const EPOCH_KEY: &str = "\u{0}epoch";
 /// Commands per pipeline when the keeper writes the queue or re-seeds.
 const BATCH: usize = 500;
 /// The keeper's tick; also the first probe delay after a failure.
@@ -685,6 +692,10 @@ struct Inner {
     /// The Redis server's `run_id` when last seen answering: the same one after an outage
     /// means Redis kept its data and the re-seed can be skipped.
     run_id: Mutex<Option<String>>,
+    /// The value of the data's epoch key ([`EPOCH_KEY`]) when last seen: the same one after an
+    /// outage means this Redis holds the data the replicas wrote before it (a failover to a
+    /// replica, a restart from RDB/AOF), so only pins created during the outage are re-seeded.
+    epoch: Mutex<Option<String>>,
 }
 
 impl RedisStore {
@@ -741,6 +752,7 @@ impl RedisStore {
                 dropped: AtomicU64::new(0),
                 gauge_clusters: Mutex::new(HashSet::new()),
                 run_id: Mutex::new(None),
+                epoch: Mutex::new(None),
             }),
         })
     }
@@ -1129,6 +1141,8 @@ impl RedisStore {
                         asked_run_id = true;
                         let id = store.fetch_run_id().await;
                         *store.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = id;
+                        let epoch = store.epoch().await.ok().flatten();
+                        *store.inner.epoch.lock().unwrap_or_else(|p| p.into_inner()) = epoch;
                     }
                     if store.pending_len() > 0 {
                         // Queued in the moment the store came back; write them now.
@@ -1206,8 +1220,42 @@ impl RedisStore {
             .map(|id| id.trim().to_string())
     }
 
-    /// Probe, write the queue, and re-seed every live local pin unless Redis is the same
-    /// process as before the outage (it kept its data); the number re-seeded.
+    /// The data's epoch: the value of [`EPOCH_KEY`], set to a new random value when missing
+    /// (`SET NX GET`: the first replica to find it missing sets it, the others read it).
+    async fn epoch(&self) -> Result<Option<String>, String> {
+        let mut conn = self.conn().ok_or("no server to connect to yet")?;
+        let fresh = format!(
+            "{:016x}{:016x}",
+            wall_ms(),
+            xxhash_rust::xxh3::xxh3_64(
+                format!("{:p}{}", Arc::as_ptr(&self.inner), wall_ms()).as_bytes()
+            )
+        );
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(EPOCH_KEY))
+            .arg(&fresh)
+            .arg("NX")
+            .arg("GET");
+        match tokio::time::timeout(
+            self.batch_timeout(),
+            cmd.query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(Some(there))) => Ok(Some(there)),
+            Ok(Ok(None)) => Ok(Some(fresh)),
+            Ok(Err(e)) if is_connection_error(&e) => Err(format!("epoch: {e}")),
+            // Refused (an ACL without SET on it): unknown, as if the data were lost.
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err("epoch: no answer".into()),
+        }
+    }
+
+    /// Probe, write the queue, and re-seed. Nothing when Redis is the same process as before
+    /// the outage; only the pins created during the outage when it is another process with the
+    /// same data (same epoch: a failover, a restart from disk), so that a pin released or
+    /// expired in Redis before the outage does not come back; every live local pin when the
+    /// data is new (a restart that lost it). The number re-seeded.
     async fn restore(&self) -> Result<usize, String> {
         if self.inner.sentinel.is_some() {
             self.follow_master().await?;
@@ -1226,7 +1274,28 @@ impl RedisStore {
         self.flush_pending().await?;
         let n = match (&before, &now) {
             (Some(b), Some(n)) if b == n => 0,
-            _ => self.reseed().await?,
+            _ => {
+                let known = self
+                    .inner
+                    .epoch
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let epoch = self.epoch().await?;
+                let since = match (&known, &epoch) {
+                    (Some(k), Some(e)) if k == e => {
+                        let h = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
+                        // A pin created by the turn that found Redis away is a little older
+                        // than the outage: that turn waited for a few commands to time out.
+                        let slack = (self.inner.timeout * 4).as_millis() as u64;
+                        h.degraded_since_ms.map(|t| t.saturating_sub(slack))
+                    }
+                    _ => None,
+                };
+                let n = self.reseed(since).await?;
+                *self.inner.epoch.lock().unwrap_or_else(|p| p.into_inner()) = epoch;
+                n
+            }
         };
         *self.inner.run_id.lock().unwrap_or_else(|p| p.into_inner()) = now;
         Ok(n)
@@ -1294,13 +1363,16 @@ impl RedisStore {
         }
     }
 
-    /// Write every live local pin with `SET NX`: refills a Redis that lost its data, never
-    /// overwrites a pin that is there.
-    async fn reseed(&self) -> Result<usize, String> {
+    /// Write every live local pin (created at or after `since`, when given) with `SET NX`:
+    /// refills a Redis that lost its data, never overwrites a pin that is there.
+    async fn reseed(&self, since: Option<u64>) -> Result<usize, String> {
         let local = &self.inner.local;
         let mut n = 0;
         for i in 0..local.shard_count() {
-            let entries = local.live_in_shard(i);
+            let mut entries = local.live_in_shard(i);
+            if let Some(t) = since {
+                entries.retain(|(_, pin, _)| pin.created_at_ms >= t);
+            }
             for chunk in entries.chunks(BATCH) {
                 let mut pipe = redis::pipe();
                 for (userid, pin, left) in chunk {
