@@ -189,6 +189,13 @@ fn schema_is_generated_and_rejects_unknown_keys() {
 /// A file against itself: no change, nobody moves (issue 13, acceptance).
 #[test]
 fn diff_of_a_file_against_itself_reports_no_change() {
+    let f = "examples/progressive-rollout.yaml";
+    let (code, out, err) = graygate(&["diff", f, f, "--sample", "5000", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for (k, list) in v["changes"].as_object().unwrap() {
+        assert_eq!(list.as_array().map(Vec::len), Some(0), "{f}: {k}: {list}");
+    }
     let f = "tests/fixtures/routes/good/full.yaml";
     let (code, out, err) = graygate(&["diff", f, f, "--sample", "5000", "--json"]);
     assert_eq!(code, 0, "{err}");

@@ -186,6 +186,18 @@ fn same_rule(os: &Snapshot, a: &Rule, ns: &Snapshot, b: &Rule) -> bool {
                         && os.routing.cluster_name(p.cluster) == ns.routing.cluster_name(q.cluster)
                 })
         }
+        (Target::Rollout(x), Target::Rollout(y)) => {
+            let spec = |s: &Snapshot, name: &str| {
+                s.rollouts
+                    .iter()
+                    .find(|e| &*e.spec.name == name)
+                    .map(|e| e.spec.clone())
+            };
+            os.routing.cluster_name(x.from) == ns.routing.cluster_name(y.from)
+                && os.routing.cluster_name(x.to) == ns.routing.cluster_name(y.to)
+                && x.seeds() == y.seeds()
+                && spec(os, &a.name) == spec(ns, &b.name)
+        }
         _ => false,
     };
     a.vdn == b.vdn && userid_same && fields_same && a.headers == b.headers && target_same

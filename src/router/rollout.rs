@@ -103,6 +103,12 @@ pub struct RolloutTarget {
 }
 
 impl RolloutTarget {
+    /// The hash seeds of `from` and `to` (the salt's and the cluster names'), to compare two
+    /// generations' targets.
+    pub fn seeds(&self) -> (u64, u64) {
+        (self.seed_from, self.seed_to)
+    }
+
     /// `from` and `to` are cluster indices with their names (the names seed the hash, as a
     /// split's do).
     pub fn new(
