@@ -541,3 +541,45 @@ async fn only_a_file_that_compiles_adds_names() {
     );
     drop(p);
 }
+
+/// Point 6: a key read only at start (a connection-level limit) changed in the file is named
+/// in `restart_needed`; the plan shows what the reload did change (the cluster) and not the
+/// limit, which keeps its running value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_only_key_is_named_and_the_plan_shows_what_changed() {
+    let up = Upstream::start("stable").await;
+    let before = format!("{}limits:\n  idle_timeout: 60s\n", stable_only(&up));
+    let gw = Gateway::start(&before).await;
+    let c = Client::new();
+    gw.write_config(
+        &before
+            .replace("60s", "5s")
+            .replace("timeout: 5s\n", "timeout: 6s\n"),
+    );
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let cfg = c
+        .request("GET", &gw.admin_url("/admin/config"), &[], "")
+        .await
+        .json();
+    assert_eq!(
+        cfg["restart_needed"],
+        serde_json::json!(["limits (connection-level)"]),
+        "{cfg}"
+    );
+    let ev = c
+        .request("GET", &gw.admin_url("/admin/history"), &[], "")
+        .await
+        .json();
+    let changes = &ev["events"][0]["plan"]["changes"];
+    assert_eq!(
+        changes["clusters_changed"],
+        serde_json::json!(["stable"]),
+        "{changes}"
+    );
+    assert_eq!(
+        changes["settings_changed"],
+        serde_json::json!([]),
+        "{changes}"
+    );
+}
