@@ -342,6 +342,13 @@ impl App {
             grace,
             tls: self.tls.clone(),
             proxy_protocol: snap.listen_proxy_protocol,
+            // Plain TCP: the dialog fast path first (it hands hyper what it does not take).
+            front: match self.tls {
+                Some(_) => None,
+                None => Some(Arc::new(crate::proxy::fast::FastFront::new(
+                    self.proxy.clone(),
+                ))),
+            },
         };
         let admin_opts = ListenOptions {
             name: "admin",
@@ -355,6 +362,7 @@ impl App {
             grace,
             tls: None,
             proxy_protocol: false,
+            front: None,
         };
         let proxy = self.proxy.clone();
         let d = tokio::spawn(listener::serve(

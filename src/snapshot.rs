@@ -97,6 +97,9 @@ pub struct Snapshot {
     pub tls: Option<ListenerTls>,
     pub admin_token: Option<Arc<str>>,
     pub decision_header: bool,
+    /// The engine for plain HTTP/1.1 dialog connections (read per connection, so a reload
+    /// switches new connections over).
+    pub engine: crate::vocab::Engine,
     /// Dialog connections start with a PROXY protocol header (spec §13).
     pub listen_proxy_protocol: bool,
     /// `tracing.otlp`: the collector's URL (`/v1/traces` is added when it has no path).

@@ -109,6 +109,25 @@ impl ErrorCode {
     }
 }
 
+/// The HTTP/1.1 engine for plain dialog connections (`engine:` in routes.yaml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// The dialog fast path on httparse; whatever it does not take goes to hyper.
+    #[default]
+    Fast,
+    /// hyper serves every connection.
+    Hyper,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Fast => "fast",
+            Engine::Hyper => "hyper",
+        }
+    }
+}
+
 /// How a call ended (spec §11): exactly one per call, on the cluster it was pinned to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallOutcome {

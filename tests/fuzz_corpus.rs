@@ -81,3 +81,23 @@ fn path_classify_corpus() {
         "only {respelled} other spellings recognized in the seeds"
     );
 }
+
+#[test]
+fn http_head_corpus() {
+    for data in inputs("http_head") {
+        if let graygate::proxy::fast::head::Head::Dialog(d) =
+            graygate::proxy::fast::head::parse(&data, 64 * 1024)
+        {
+            assert!(d.keep.iter().all(|r| r.end <= d.len));
+        }
+        let _ = graygate::proxy::fast::parse_answer(&data);
+    }
+}
+
+#[test]
+fn chunked_corpus() {
+    for data in inputs("chunked") {
+        let mut c = graygate::proxy::fast::chunk::Chunked::new();
+        let _ = c.feed(&data, |_| {});
+    }
+}

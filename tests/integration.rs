@@ -5,6 +5,9 @@ mod support;
 
 /// The admin surface and the metrics contract.
 mod admin;
+/// The two engines on one corpus of requests (framing and smuggling shapes among them): the
+/// same answers, the same bytes forwarded.
+mod engines;
 /// The reference ODFS backend: turn sequences, tokens, flow files, shared call stores.
 mod backend;
 /// The command line as the real binary: check, explain, diff, schema.

@@ -184,6 +184,10 @@ pub fn compile_with(
     let listen_proxy_protocol = ctx
         .get("listen_proxy_protocol", rf.listen_proxy_protocol.as_ref())
         .unwrap_or(false);
+    let engine = match ctx.get("engine", rf.engine.as_ref()) {
+        Some(raw::RawEngine::Hyper) => crate::vocab::Engine::Hyper,
+        _ => crate::vocab::Engine::Fast,
+    };
 
     // Clusters, in name order (BTreeMap), indexed 0..n.
     let no_clusters = BTreeMap::new();
@@ -433,6 +437,7 @@ pub fn compile_with(
         tls,
         admin_token,
         decision_header,
+        engine,
         listen_proxy_protocol,
         otlp,
         limits,

@@ -35,6 +35,9 @@ pub struct RoutesFile {
     pub listen_proxy_protocol: Option<Checked<bool>>,
     /// Trace export (spec §13).
     pub tracing: Option<RawTracing>,
+    /// The HTTP/1.1 engine for plain dialog turns: `fast` (default) or `hyper` (hyper serves
+    /// everything else either way).
+    pub engine: Option<Checked<RawEngine>>,
     pub limits: Option<RawLimits>,
     pub pins: Option<RawPins>,
     /// Named ODFS clusters.
@@ -156,6 +159,13 @@ pub struct RawEmbedded {
     pub label: Option<String>,
     pub flows: Option<String>,
     pub instances: Option<Checked<u16>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawEngine {
+    Fast,
+    Hyper,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]

@@ -31,12 +31,15 @@
 //! `snapshot::Limits` and should hold its connections to the same [`guard::ConnLimits`].
 
 pub mod guard;
+pub mod prefixed;
 pub mod proxy_protocol;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -45,7 +48,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::lifecycle::Shutdown;
 use crate::metrics::Metrics;
@@ -72,6 +75,65 @@ pub struct ListenOptions {
     pub tls: Option<Arc<tls::TlsAcceptor>>,
     /// Every connection starts with a PROXY protocol header; its source address is the peer.
     pub proxy_protocol: bool,
+    /// An engine that serves plain-TCP connections ahead of hyper (the dialog fast path).
+    pub front: Option<Arc<dyn Front>>,
+}
+
+/// A plain-TCP connection as an engine ahead of hyper gets it: the socket wrapped with the
+/// connection's bookkeeping (so the same watchdog holds it to the same [`ConnLimits`]), and
+/// the watchdog's request to close gracefully.
+pub struct FrontConn {
+    pub stream: Guarded,
+    pub peer: SocketAddr,
+    /// [`ConnState::begin`] when a request's head has arrived, the [`guard::InFlight`] held
+    /// until its answer has been written.
+    pub state: Arc<ConnState>,
+    pub close: Arc<CloseAsk>,
+}
+
+/// What an engine ahead of hyper gives back: the stream and the bytes it read and did not
+/// serve, for hyper to read the connection from there as if from the start.
+pub struct Handover {
+    pub stream: Guarded,
+    pub read: bytes::BytesMut,
+}
+
+/// An engine that serves a plain-TCP connection as long as it fully understands what comes,
+/// and hands the rest of it to hyper ([`Handover`]); `None` when it closed the connection.
+/// Limits are the watchdog's: it drops the future to cut the connection, and asks through
+/// [`FrontConn::close`] for a graceful close (idle, aged, shutdown).
+pub trait Front: Send + Sync + 'static {
+    fn serve(&self, conn: FrontConn) -> Pin<Box<dyn Future<Output = Option<Handover>> + Send>>;
+}
+
+/// The watchdog's request that a connection close gracefully: an idle one at once, a busy one
+/// after the answer in flight (with `Connection: close`).
+#[derive(Default)]
+pub struct CloseAsk {
+    asked: AtomicBool,
+    notify: Notify,
+}
+
+impl CloseAsk {
+    pub fn ask(&self) {
+        self.asked.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_asked(&self) -> bool {
+        self.asked.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a close has been asked for.
+    pub async fn wait(&self) {
+        loop {
+            let n = self.notify.notified();
+            if self.is_asked() {
+                return;
+            }
+            n.await;
+        }
+    }
 }
 
 /// Open connections per client address, for `max_connections_per_ip`. One entry per address
@@ -254,6 +316,7 @@ pub async fn serve<F, Fut, B>(
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let tls = opts.tls.clone();
+        let front = opts.front.clone();
         let cuts = cuts.clone();
         let rejected_pp = rejected_pp.clone();
         let (per_ip, rejected_ip) = (per_ip.clone(), rejected_ip.clone());
@@ -329,7 +392,25 @@ pub async fn serve<F, Fut, B>(
                         }
                     }
                 }
-                None => serve_conn(&builder, TokioIo::new(io), svc, &shutdown, &watch).await,
+                None => match front {
+                    Some(front) => {
+                        let close = Arc::new(CloseAsk::default());
+                        let fut = front.serve(FrontConn {
+                            stream: io,
+                            peer,
+                            state: state.clone(),
+                            close: close.clone(),
+                        });
+                        tokio::pin!(fut);
+                        let ask = |_: Pin<&mut _>| close.ask();
+                        if let Some(Some(h)) = watchdog(fut, ask, &shutdown, &watch).await {
+                            // hyper reads the connection from the bytes already read on.
+                            let io = TokioIo::new(prefixed::Prefixed::new(h.read, h.stream));
+                            serve_conn(&builder, io, svc, &shutdown, &watch).await;
+                        }
+                    }
+                    None => serve_conn(&builder, TokioIo::new(io), svc, &shutdown, &watch).await,
+                },
             }
             // Every part of the connection is gone by now, the socket wrapper too.
             guard::linger(&state, back.await.ok()).await;
@@ -436,6 +517,27 @@ async fn serve_conn<I, S, B>(
 {
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
+    let graceful = |c: Pin<&mut _>| {
+        let c: Pin<&mut auto::Connection<'_, I, S, TokioExecutor>> = c;
+        c.graceful_shutdown()
+    };
+    if let Some(Err(e)) = watchdog(conn.as_mut(), graceful, shutdown, watch).await {
+        if is_header_timeout(&*e) {
+            watch.cuts.header_timeout.inc();
+        }
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Run `conn` under the connection's limits: `Some(output)` when it ended by itself, `None`
+/// when the watchdog cut it (the caller drops it, which closes the socket). `graceful` asks it
+/// to finish what is in flight and close (shutdown, idle, aged).
+async fn watchdog<F: Future>(
+    mut conn: Pin<&mut F>,
+    graceful: impl Fn(Pin<&mut F>),
+    shutdown: &Shutdown,
+    watch: &Watch,
+) -> Option<F::Output> {
     let deadline = tokio::time::sleep_until(watch.first_by);
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(watch.limits.period());
@@ -444,15 +546,15 @@ async fn serve_conn<I, S, B>(
     let (mut draining, mut watching) = (false, true);
     // Set once a graceful close was asked for: the connection is dropped if still open then.
     let mut close_by: Option<tokio::time::Instant> = None;
-    let result = loop {
+    loop {
         tokio::select! {
             // Fixed order: the connection first (polled on every wake-up of this task), and
             // no random draw per poll.
             biased;
-            r = conn.as_mut() => break r,
+            r = conn.as_mut() => return Some(r),
             _ = shutdown.wait(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
             }
             _ = &mut deadline, if watching => {
                 watching = false;
@@ -460,7 +562,7 @@ async fn serve_conn<I, S, B>(
                     // Dropping the connection closes the socket.
                     watch.cuts.header_timeout.inc();
                     tracing::debug!("no request headers within header_read_timeout: connection closed");
-                    return;
+                    return None;
                 }
             }
             _ = state.kill.notified() => {
@@ -468,14 +570,14 @@ async fn serve_conn<I, S, B>(
                 state.abort_on_close();
                 watch.cuts.idle.inc();
                 tracing::debug!("idle connection closed to make room at the connection cap");
-                return;
+                return None;
             }
             _ = tick.tick() => {
                 let now = tokio::time::Instant::now();
                 if close_by.is_some_and(|t| now >= t) {
                     tracing::debug!("connection did not close in time after being asked: dropped");
                     state.abort_on_close();
-                    return;
+                    return None;
                 }
                 match state.verdict(&watch.limits) {
                     Verdict::Fine => {}
@@ -483,36 +585,30 @@ async fn serve_conn<I, S, B>(
                         watch.cuts.send_timeout.inc();
                         state.abort_on_close();
                         tracing::debug!("the client did not take a response within send_timeout: connection closed");
-                        return;
+                        return None;
                     }
                     Verdict::HeaderTimeout => {
                         watch.cuts.header_timeout.inc();
                         tracing::debug!("request headers not complete within header_read_timeout: connection closed");
-                        return;
+                        return None;
                     }
                     Verdict::Idle if close_by.is_none() => {
                         watch.cuts.idle.inc();
                         tracing::debug!("no request within idle_timeout: connection closed");
                         draining = true;
-                        conn.as_mut().graceful_shutdown();
+                        graceful(conn.as_mut());
                         close_by = Some(now + IDLE_CLOSE_GRACE);
                     }
                     Verdict::Aged if close_by.is_none() => {
                         tracing::debug!("connection older than max_connection_age: closing it gracefully");
                         draining = true;
-                        conn.as_mut().graceful_shutdown();
+                        graceful(conn.as_mut());
                         close_by = Some(now + watch.grace);
                     }
                     Verdict::Idle | Verdict::Aged => {}
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        if is_header_timeout(&*e) {
-            watch.cuts.header_timeout.inc();
-        }
-        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

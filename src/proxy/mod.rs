@@ -12,6 +12,7 @@
 //! responses); the dialog fast path calls the same phases with its own bytes.
 
 pub mod body;
+pub mod fast;
 mod forward;
 pub mod turn;
 

@@ -26,6 +26,8 @@ pub struct Endpoint {
     /// Idle keep-alive connections (plain `http://` only), kept with the endpoint across
     /// reloads.
     pub conns: Arc<super::conn::Conns>,
+    /// Idle raw connections for the dialog fast path (plain `http://` only).
+    pub raw: Arc<super::raw::RawConns>,
     /// Rendezvous seed for `userid_hash`.
     pub seed: u64,
     pub(super) inflight: AtomicU32,
@@ -60,6 +62,7 @@ impl Endpoint {
             authority,
             connect_to: Arc::from(connect_to),
             conns: Arc::default(),
+            raw: Arc::default(),
             seed: crate::router::split::seed("endpoint", url),
             inflight: AtomicU32::new(0),
             checked_healthy: AtomicBool::new(true),

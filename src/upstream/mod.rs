@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod endpoint;
 pub mod health;
 pub mod pool;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -123,9 +123,22 @@ impl Drop for Gateway {
     }
 }
 
-/// Add loopback `listen` and `admin` lines when the YAML has none.
+/// The dialog engine the tests run on: `GRAYGATE_TEST_ENGINE=fast|hyper` (default: the
+/// config's default, `fast`). CI runs the integration tests under both.
+pub fn test_engine() -> Option<String> {
+    std::env::var("GRAYGATE_TEST_ENGINE")
+        .ok()
+        .filter(|e| e == "fast" || e == "hyper")
+}
+
+/// Add loopback `listen` and `admin` lines when the YAML has none, and the test engine.
 pub fn with_loopback(yaml: &str) -> String {
     let mut out = String::new();
+    if let Some(engine) = test_engine() {
+        if !yaml.lines().any(|l| l.starts_with("engine:")) {
+            out.push_str(&format!("engine: {engine}\n"));
+        }
+    }
     if !yaml.lines().any(|l| l.starts_with("listen:")) {
         out.push_str("listen: 127.0.0.1:0\n");
     }
@@ -492,7 +505,11 @@ impl Process {
                 body.push('\n');
             }
         }
-        let text = format!("listen: 127.0.0.1:{d}\nadmin: 127.0.0.1:{a}\n{body}");
+        let engine = match test_engine() {
+            Some(e) if !body.lines().any(|l| l.starts_with("engine:")) => format!("engine: {e}\n"),
+            _ => String::new(),
+        };
+        let text = format!("listen: 127.0.0.1:{d}\nadmin: 127.0.0.1:{a}\n{engine}{body}");
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, text).unwrap();
         Self::spawn(dir, path, d, a).await
