@@ -59,7 +59,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "snapshot",
-        &["probe", "router", "rollout", "pins", "upstream", "ids"],
+        &["probe", "router", "rollout", "pins", "upstream", "ids", "vocab"],
     ),
     ("respond", &["protocol", "probe", "vocab"]),
     ("admission", &["respond"]),
@@ -94,7 +94,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "config",
         &[
             "snapshot", "probe", "router", "rollout", "pins", "upstream", "protocol", "located",
-            "metrics", "ids", "clock", "history",
+            "metrics", "ids", "clock", "history" "vocab",
         ],
     ),
     (

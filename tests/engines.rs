@@ -84,7 +84,9 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usi
                 .iter()
                 .find(|(k, _)| k == "content-length")
                 .and_then(|(_, v)| v.parse::<usize>().ok());
-            let chunked = hs.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+            let chunked = hs
+                .iter()
+                .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
             let (method, target) = (req.method?.to_string(), req.path?.to_string());
             let mut at = n;
             let mut body = Vec::new();
@@ -338,7 +340,10 @@ async fn both_engines_accept_refuse_and_forward_the_same() {
     for (name, bytes, sent_id) in corpus() {
         up_fast.seen.lock().unwrap().clear();
         up_hyper.seen.lock().unwrap().clear();
-        let (a, b) = tokio::join!(exchange(fast.dialog, &bytes), exchange(hyper.dialog, &bytes));
+        let (a, b) = tokio::join!(
+            exchange(fast.dialog, &bytes),
+            exchange(hyper.dialog, &bytes)
+        );
         let (a, b) = (statuses(&a), statuses(&b));
         // Let the upstream finish recording what it read.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -348,9 +353,7 @@ async fn both_engines_accept_refuse_and_forward_the_same() {
             differences.push(format!("{name}: answers fast {a:?} hyper {b:?}"));
         }
         if sa != sb {
-            differences.push(format!(
-                "{name}: forwarded\n  fast  {sa:?}\n  hyper {sb:?}"
-            ));
+            differences.push(format!("{name}: forwarded\n  fast  {sa:?}\n  hyper {sb:?}"));
         }
         // The plain shapes really were served, so the comparison is not of two refusals.
         if name.starts_with("plain") {

@@ -5,9 +5,6 @@ mod support;
 
 /// The admin surface and the metrics contract.
 mod admin;
-/// The two engines on one corpus of requests (framing and smuggling shapes among them): the
-/// same answers, the same bytes forwarded.
-mod engines;
 /// The reference ODFS backend: turn sequences, tokens, flow files, shared call stores.
 mod backend;
 /// The command line as the real binary: check, explain, diff, schema.
@@ -21,6 +18,9 @@ mod deploy;
 mod deps;
 /// The gateway in front of embedded reference ODFS clusters (the self-contained deployment).
 mod embedded;
+/// The two engines on one corpus of requests (framing and smuggling shapes among them): the
+/// same answers, the same bytes forwarded.
+mod engines;
 /// Every row of the §3 error table; byte-exact forwarding; other paths.
 mod errors;
 /// One published generation: every error of a file in one run, hostile files, reloads that

@@ -325,7 +325,7 @@ impl ClusterPool {
                     "ejected_for_ms": ejected_ms,
                     "inflight": e.inflight(),
                     // Kept-alive connections waiting for a turn (plain http:// only).
-                    "idle_connections": e.conns.idle_count(),
+                    "idle_connections": e.conns.idle_count() + e.raw.idle_count(),
                     "reason": e.reason(now),
                 })
             })

@@ -134,11 +134,6 @@ pub fn test_engine() -> Option<String> {
 /// Add loopback `listen` and `admin` lines when the YAML has none, and the test engine.
 pub fn with_loopback(yaml: &str) -> String {
     let mut out = String::new();
-    if let Some(engine) = test_engine() {
-        if !yaml.lines().any(|l| l.starts_with("engine:")) {
-            out.push_str(&format!("engine: {engine}\n"));
-        }
-    }
     if !yaml.lines().any(|l| l.starts_with("listen:")) {
         out.push_str("listen: 127.0.0.1:0\n");
     }
@@ -146,6 +141,15 @@ pub fn with_loopback(yaml: &str) -> String {
         out.push_str("admin: 127.0.0.1:0\n");
     }
     out.push_str(yaml);
+    // The engine goes last, so that it moves no line a test counts on.
+    if let Some(engine) = test_engine() {
+        if !yaml.lines().any(|l| l.starts_with("engine:")) {
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("engine: {engine}\n"));
+        }
+    }
     out
 }
 
@@ -509,7 +513,7 @@ impl Process {
             Some(e) if !body.lines().any(|l| l.starts_with("engine:")) => format!("engine: {e}\n"),
             _ => String::new(),
         };
-        let text = format!("listen: 127.0.0.1:{d}\nadmin: 127.0.0.1:{a}\n{engine}{body}");
+        let text = format!("listen: 127.0.0.1:{d}\nadmin: 127.0.0.1:{a}\n{body}{engine}");
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, text).unwrap();
         Self::spawn(dir, path, d, a).await

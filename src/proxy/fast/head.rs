@@ -85,8 +85,16 @@ pub fn parse(buf: &[u8], max_body: u64) -> Head {
         return Head::Other;
     }
     let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let path = offset(path.as_bytes())..offset(path.as_bytes()) + path.len();
+    // Where a slice httparse handed out lies in `head` (None if it does not lie there, which
+    // httparse never does, but then the head is hyper's rather than a panic).
+    let offset = |s: &[u8]| -> Option<usize> {
+        let at = (s.as_ptr() as usize).checked_sub(base)?;
+        (at.checked_add(s.len())? <= len).then_some(at)
+    };
+    let Some(path_at) = offset(path.as_bytes()) else {
+        return Head::Other;
+    };
+    let path = path_at..path_at + path.len();
     let mut out = DialogHead {
         len,
         dialog,
@@ -105,8 +113,9 @@ pub fn parse(buf: &[u8], max_body: u64) -> Head {
     out.keep.push(0..first_end + 1);
     let (mut hosts, mut lengths) = (0, 0);
     for h in req.headers.iter() {
-        let start = offset(h.name.as_bytes());
-        let value_start = offset(h.value);
+        let (Some(start), Some(value_start)) = (offset(h.name.as_bytes()), offset(h.value)) else {
+            return Head::Other;
+        };
         let value = value_start..value_start + h.value.len();
         let Some(nl) = head[value.end..].iter().position(|&b| b == b'\n') else {
             return Head::Other;

@@ -252,8 +252,19 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<ParsedAnswer>, &'static str> {
         return Err("the upstream switched protocols");
     }
     let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let offset = |s: &[u8]| -> Option<usize> {
+        let at = (s.as_ptr() as usize).checked_sub(base)?;
+        (at.checked_add(s.len())? <= head_len).then_some(at)
+    };
     let head = &buf[..head_len];
+    // CRLF only: a bare LF is passed on to the client by no engine of ours.
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    {
+        return Err("a bare LF in the answer's head");
+    }
     let first_end = head
         .iter()
         .position(|&b| b == b'\n')
@@ -265,8 +276,10 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<ParsedAnswer>, &'static str> {
     let mut reusable = resp.version == Some(1);
     let mut has_request_id = false;
     for h in resp.headers.iter() {
-        let start = offset(h.name.as_bytes());
-        let vend = offset(h.value) + h.value.len();
+        let (Some(start), Some(vstart)) = (offset(h.name.as_bytes()), offset(h.value)) else {
+            return Err("malformed header line");
+        };
+        let vend = vstart + h.value.len();
         let nl = head[vend..]
             .iter()
             .position(|&b| b == b'\n')
