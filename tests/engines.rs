@@ -212,11 +212,16 @@ fn normalized(seen: &[Seen], client_sent_id: bool) -> Vec<Seen> {
     seen.iter()
         .map(|s| {
             let mut s = s.clone();
-            if !client_sent_id {
-                for h in &mut s.headers {
-                    if h.0 == "x-request-id" {
-                        h.1 = "*".into();
-                    }
+            for h in &mut s.headers {
+                if h.0 == "x-request-id" && !client_sent_id {
+                    h.1 = "*".into();
+                }
+                // The gateway's span id is its own each time; a trace it starts is new.
+                if h.0 == "traceparent" {
+                    h.1 = match h.1.strip_prefix(TRACE) {
+                        Some(rest) => format!("{TRACE}*{}", &rest[rest.len().min(16)..]),
+                        None => "*".into(),
+                    };
                 }
             }
             s
@@ -237,6 +242,8 @@ fn post(path: &str, extra: &str, body: &str) -> Vec<u8> {
 }
 
 const V2: &str = "/oifde/rest/v2/crs/process/101";
+/// The version and trace id of the clients' `traceparent` in the corpus.
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-";
 const V1: &str = "/oifde/rest/crs/process";
 
 /// The corpus: (name, bytes, whether the client sent an x-request-id).
@@ -314,6 +321,9 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, bool)> {
         ("Connection close, keep-alive", post(V2, "Connection: keep-alive, close\r\n", &b), false),
         ("Proxy-Connection", post(V2, "Proxy-Connection: keep-alive\r\n", &b), false),
         ("Trailer header", post(V2, "Trailer: x-t\r\n", &b), false),
+        ("traceparent continued", post(V2, &format!("traceparent: {TRACE}00f067aa0ba902b7-01\r\ntracestate: a=1\r\ntracestate: b=2\r\n"), &b), false),
+        ("traceparent invalid, tracestate dropped", post(V2, "traceparent: 00-zz-00f067aa0ba902b7-01\r\ntracestate: a=1\r\n", &b), false),
+        ("two traceparents", post(V2, &format!("traceparent: {TRACE}00f067aa0ba902b7-01\r\ntraceparent: {TRACE}00f067aa0ba902b7-01\r\n"), &b), false),
         ("TE xchunked", format!("POST {V2} HTTP/1.1\r\nHost: gw\r\nContent-Length: {n}\r\nTransfer-Encoding: xchunked\r\n\r\n{b}").into_bytes(), false),
     ];
     // Pipelining: two turns in one write, and a turn followed by a smuggling attempt.

@@ -9,7 +9,14 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Head::Dialog(d) = parse(data, 64 * 1024) {
         assert!(d.len <= data.len());
-        for r in d.keep.iter().chain(d.forwarded_for.iter()).chain(d.request_id.iter()) {
+        for r in d
+            .keep
+            .iter()
+            .chain(d.tracestate.iter())
+            .chain(d.forwarded_for.iter())
+            .chain(d.request_id.iter())
+            .chain(d.traceparent.iter())
+        {
             assert!(r.start <= r.end && r.end <= d.len, "{r:?} outside a {}-byte head", d.len);
         }
         assert!(d.path.end <= d.len);

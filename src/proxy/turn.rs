@@ -158,6 +158,15 @@ impl<'p> TurnCtx<'p> {
         ));
     }
 
+    /// [`TurnCtx::trace_from`] for an engine that reads header lines itself: the value of the
+    /// request's only `traceparent` (`None` for none or several).
+    pub fn trace_from_traceparent(&mut self, traceparent: Option<&[u8]>) {
+        self.rec.trace = Some(crate::trace::TraceContext::from_traceparent(
+            traceparent,
+            self.proxy.spans.is_some(),
+        ));
+    }
+
     /// Runs on a dialog turn once its whole body is at hand. Leaves the probed [`Turn`] and,
     /// in the record, the vdn, the userid and the inaction (the userid also when the body is
     /// refused, if one could be read, for the error answer).

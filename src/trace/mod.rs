@@ -42,11 +42,18 @@ impl TraceContext {
     /// trace it starts is marked sampled.
     pub fn from_headers(h: &HeaderMap, record: bool) -> TraceContext {
         let mut all = h.get_all(&TRACEPARENT).iter();
-        let parsed = match (all.next(), all.next()) {
-            (Some(v), None) => parse_traceparent(v.as_bytes()),
+        let only = match (all.next(), all.next()) {
+            (Some(v), None) => Some(v.as_bytes()),
             _ => None,
         };
-        match parsed {
+        Self::from_traceparent(only, record)
+    }
+
+    /// [`TraceContext::from_headers`] for an engine that reads header lines itself:
+    /// `traceparent` is the value of the request's only `traceparent` header (`None` when it has
+    /// none, or more than one).
+    pub fn from_traceparent(traceparent: Option<&[u8]>, record: bool) -> TraceContext {
+        match traceparent.and_then(parse_traceparent) {
             Some((trace_id, parent, flags)) => TraceContext {
                 trace_id,
                 span_id: new_span_id(),

@@ -45,6 +45,14 @@ pub struct DialogHead {
     pub keep: Vec<Range<usize>>,
     /// The value of the client's `x-forwarded-for`, if it sent one.
     pub forwarded_for: Option<Range<usize>>,
+    /// The value of the client's only `traceparent` (`None` for none or several); the line is
+    /// not forwarded (the upstream gets the gateway's own).
+    pub traceparent: Option<Range<usize>>,
+    /// `traceparent` lines seen.
+    pub traceparents: u8,
+    /// The client's `tracestate` lines (each with its CRLF): forwarded only when the turn
+    /// continues the client's trace.
+    pub tracestate: Vec<Range<usize>>,
     /// The value of the client's `x-request-id` (any), and whether it is usable as the turn's
     /// id (1–128 visible ASCII characters).
     pub request_id: Option<Range<usize>>,
@@ -103,6 +111,9 @@ pub fn parse(buf: &[u8], max_body: u64) -> Head {
         close: false,
         keep: Vec::with_capacity(req.headers.len() + 1),
         forwarded_for: None,
+        traceparent: None,
+        traceparents: 0,
+        tracestate: Vec::new(),
         request_id: None,
         request_id_usable: false,
     };
@@ -147,6 +158,13 @@ pub fn parse(buf: &[u8], max_body: u64) -> Head {
             }
             keep = false;
             out.forwarded_for = Some(value);
+        } else if name.eq_ignore_ascii_case("traceparent") {
+            keep = false;
+            out.traceparents = out.traceparents.saturating_add(1);
+            out.traceparent = (out.traceparents == 1).then_some(value);
+        } else if name.eq_ignore_ascii_case("tracestate") {
+            keep = false;
+            out.tracestate.push(line.clone());
         } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
             // Never passed on: the gateway writes its own (as the general engine does).
             keep = false;

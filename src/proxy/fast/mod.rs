@@ -157,6 +157,7 @@ async fn turn(
         .filter(|_| dh.request_id_usable)
         .and_then(|r| std::str::from_utf8(&read[r]).ok());
     let mut t = TurnCtx::begin(proxy, peer, Method::POST, path, theirs);
+    t.trace_from_traceparent(dh.traceparent.clone().map(|r| &read[r]));
     let total = dh.len + dh.content_length as usize;
     // The body, where it lies: after the head in the same buffer.
     if read.len() < total {
@@ -222,7 +223,7 @@ async fn dialog(
     if t.route_has_https() {
         return Ok(None);
     }
-    let mut attempt = FastAttempt::new(read, dh, total, t.peer, t.rec.request_id.clone());
+    let mut attempt = FastAttempt::new(read, dh, total, t.peer, &t.rec.request_id, t.rec.trace);
     let mut answer = t.forward(&mut attempt).await?;
     drop(attempt);
     let outaction = if (200..300).contains(&answer.status) {

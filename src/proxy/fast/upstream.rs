@@ -28,19 +28,25 @@ pub struct FastAttempt<'a> {
     read: &'a [u8],
     dh: &'a DialogHead,
     total: usize,
-    /// `x-forwarded-for`, `x-forwarded-proto`, `x-request-id` as needed, then the blank line.
+    /// The client's `tracestate` lines go on (the turn continues its trace).
+    tracestate: bool,
+    /// `x-forwarded-for`, `x-forwarded-proto`, `traceparent`, `x-request-id` as needed, then
+    /// the blank line.
     extra: Vec<u8>,
 }
 
 impl<'a> FastAttempt<'a> {
+    /// The same headers as the general engine's request (`forward::upstream_headers` and
+    /// `TraceContext::apply`).
     pub fn new(
         read: &'a [u8],
         dh: &'a DialogHead,
         total: usize,
         peer: Peer,
-        request_id: CompactString,
+        request_id: &str,
+        trace: Option<crate::trace::TraceContext>,
     ) -> Self {
-        let mut extra = Vec::with_capacity(128);
+        let mut extra = Vec::with_capacity(192);
         extra.extend_from_slice(b"x-forwarded-for: ");
         if let Some(prev) = &dh.forwarded_for {
             extra.extend_from_slice(&read[prev.clone()]);
@@ -52,6 +58,11 @@ impl<'a> FastAttempt<'a> {
         extra.extend_from_slice(b"\r\n");
         // Always the gateway's own view (plain TCP here); a client's value is not passed on.
         extra.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        if let Some(t) = &trace {
+            extra.extend_from_slice(b"traceparent: ");
+            extra.extend_from_slice(t.traceparent().as_bytes());
+            extra.extend_from_slice(b"\r\n");
+        }
         if dh.request_id.is_none() {
             extra.extend_from_slice(b"x-request-id: ");
             extra.extend_from_slice(request_id.as_bytes());
@@ -62,14 +73,22 @@ impl<'a> FastAttempt<'a> {
             read,
             dh,
             total,
+            // Without a context of its own (none was made) the client's lines go on as they
+            // came, as the general engine leaves them.
+            tracestate: trace.is_none_or(|t| t.continued()),
             extra,
         }
     }
 
     fn slices(&self) -> Vec<IoSlice<'_>> {
-        let mut v = Vec::with_capacity(self.dh.keep.len() + 2);
+        let mut v = Vec::with_capacity(self.dh.keep.len() + self.dh.tracestate.len() + 2);
         for r in &self.dh.keep {
             v.push(IoSlice::new(&self.read[r.clone()]));
+        }
+        if self.tracestate {
+            for r in &self.dh.tracestate {
+                v.push(IoSlice::new(&self.read[r.clone()]));
+            }
         }
         v.push(IoSlice::new(&self.extra));
         v.push(IoSlice::new(&self.read[self.dh.len..self.total]));
