@@ -13,6 +13,9 @@
 #   SNAPSHOT=both SNAPSHOT_SEED=5s ONLY=graygate benches/load.sh
 #                                         # ... with both tables first filled with live pins
 #                                         # (new calls that never end) for that long
+#   ENGINE=both benches/load.sh           # issue 14: a second graygate (memory store) with
+#                                         # engine: hyper (the general engine) as one more target
+#                                         # (graygate itself runs the default, engine: fast)
 #   TRACE=both benches/load.sh            # issue 18: a second graygate (memory store) exporting
 #                                         # one span per turn (tracing.otlp) to a stub collector
 #                                         # (nginx answering 200 on :18088) as one more target;
@@ -58,8 +61,11 @@ TRACE="${TRACE:-off}"                # off | both
 GGT_PORT=18089                     # TRACE=both: the graygate exporting spans
 GGT_ADMIN=19093
 OTLP_PORT=18088                    # TRACE=both: the stub collector
+ENGINE="${ENGINE:-fast}"             # fast | both
+GGH_PORT=18090                     # ENGINE=both: the graygate on engine: hyper
+GGH_ADMIN=19094
 PORTS=(18080 18081 18082 18084 18085 "$GG_PORT" "$GG_ADMIN" "$GGR_PORT" "$GGR_ADMIN" "$GGS_PORT" "$GGS_ADMIN"
-       "$GGT_PORT" "$GGT_ADMIN" "$OTLP_PORT")
+       "$GGT_PORT" "$GGT_ADMIN" "$OTLP_PORT" "$GGH_PORT" "$GGH_ADMIN")
 
 # --- what is missing ----------------------------------------------------------------------
 missing=()
@@ -99,11 +105,13 @@ GG_PID=""
 GGR_PID=""
 GGS_PID=""
 GGT_PID=""
+GGH_PID=""
 REDIS_PID=""
 cleanup() {
   set +e
   [ -n "$GGS_PID" ] && kill -TERM "$GGS_PID" 2>/dev/null && wait "$GGS_PID" 2>/dev/null
   [ -n "$GGT_PID" ] && kill -TERM "$GGT_PID" 2>/dev/null && wait "$GGT_PID" 2>/dev/null
+  [ -n "$GGH_PID" ] && kill -TERM "$GGH_PID" 2>/dev/null && wait "$GGH_PID" 2>/dev/null
   [ -n "$GG_PID" ] && kill -TERM "$GG_PID" 2>/dev/null && wait "$GG_PID" 2>/dev/null
   [ -n "$GGR_PID" ] && kill -TERM "$GGR_PID" 2>/dev/null && wait "$GGR_PID" 2>/dev/null
   [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null
@@ -228,6 +236,13 @@ CONF
   GGT_PID=$!
   wait_ready "$GGT_PID" "$GGT_ADMIN" "$RUN/graygate-trace.log" "graygate (trace export)"
 fi
+if [ "$ENGINE" = both ]; then
+  routes "$GGH_PORT" "$GGH_ADMIN" "store: memory" >"$RUN/routes-hyper.yaml"
+  echo "engine: hyper" >>"$RUN/routes-hyper.yaml"
+  taskset -c "$SERVER_CPU" "$GRAYGATE" serve -c "$RUN/routes-hyper.yaml" 2>"$RUN/graygate-hyper.log" &
+  GGH_PID=$!
+  wait_ready "$GGH_PID" "$GGH_ADMIN" "$RUN/graygate-hyper.log" "graygate (engine: hyper)"
+fi
 
 # --- load ---------------------------------------------------------------------------------
 TARGETS=(direct=http://127.0.0.1:18080 nginx=http://127.0.0.1:18081 haproxy=http://127.0.0.1:18082
@@ -236,6 +251,7 @@ TARGETS=(direct=http://127.0.0.1:18080 nginx=http://127.0.0.1:18081 haproxy=http
 [ "$PIN_STORE" = both ] && TARGETS+=(graygate-redis=http://127.0.0.1:$GGR_PORT)
 [ "$SNAPSHOT" = both ] && TARGETS+=(graygate-snap=http://127.0.0.1:$GGS_PORT)
 [ "$TRACE" = both ] && TARGETS+=(graygate-otlp=http://127.0.0.1:$GGT_PORT)
+[ "$ENGINE" = both ] && TARGETS+=(graygate-hyper=http://127.0.0.1:$GGH_PORT)
 if [ "$SNAPSHOT" = both ] && [ -n "$SNAPSHOT_SEED" ]; then
   # New calls that never end: each turn leaves one live pin (idle_ttl 30m).
   cat >"$RUN/seed.lua" <<'LUA'
@@ -269,6 +285,8 @@ pids_of() {
     graygate) pid=$GG_PID ;;
     graygate-redis) pid=$GGR_PID ;;
     graygate-snap) pid=$GGS_PID ;;
+    graygate-otlp) pid=$GGT_PID ;;
+    graygate-hyper) pid=$GGH_PID ;;
   esac
   [ -n "$pid" ] || return 0
   echo "$pid"
@@ -334,7 +352,7 @@ printf '|%s|%s|%s|%s|%s|%s|%s|\n' ---------------- ------------ ----------- ----
 for t in "${TARGETS[@]}"; do
   n=${t%%=*}
   ratio=$(awk -v g="${RPS[graygate]}" -v p="${RPS[$n]}" 'BEGIN { if (p > 0) printf "%.2fx", g / p; else print "-" }')
-  [ "$n" = graygate ] || [ "$n" = graygate-redis ] || [ "$n" = graygate-snap ] || [ "$n" = graygate-otlp ] && ratio="-"
+  [ "$n" = graygate ] || [ "$n" = graygate-redis ] || [ "$n" = graygate-snap ] || [ "$n" = graygate-otlp ] || [ "$n" = graygate-hyper ] && ratio="-"
   printf '| %-14s | %10.0f | %9.3f | %9.3f | %6s | %-22s | %-17s |\n' "$n" "${RPS[$n]}" \
     "$(awk -v u="${P50[$n]}" 'BEGIN { print u / 1000 }')" "$(awk -v u="${P99[$n]}" 'BEGIN { print u / 1000 }')" \
     "${ERR[$n]}" "$ratio" "${CU[$n]} + ${CS[$n]} us"
@@ -367,6 +385,9 @@ if [ "$TRACE" = both ]; then
   cost=$(awk '{print $3}' "$RUN/trace-ratios" | median)
   echo "trace export on vs off (median of same-round ratios): req/s ${r_rps}x, p99 ${r_p99}x, cost per turn ${cost} us (1/rps difference, one server CPU)"
   echo "spans: $(curl -fsS "http://127.0.0.1:$GGT_ADMIN/metrics" | awk '/^graygate_trace_spans_(exported|dropped)_total/ {printf "%s %s  ", $1, $2}')"
+fi
+if [ "$ENGINE" = both ]; then
+  echo "engine fast vs hyper: req/s $(awk -v f="${RPS[graygate]}" -v h="${RPS[graygate-hyper]}" 'BEGIN { printf "%.2fx", f / h }'), CPU/turn fast ${CU[graygate]} + ${CS[graygate]} us, hyper ${CU[graygate-hyper]} + ${CS[graygate-hyper]} us"
 fi
 [ "$ONLY" = graygate ] && exit 0
 awk -v g="${RPS[graygate]}" -v hg="${RPS[haproxy-gray]}" -v ng="${RPS[nginx]}" -v d="${RPS[direct]}" \

@@ -203,6 +203,14 @@ pub fn parse(buf: &[u8], max_body: u64) -> Head {
     Head::Dialog(out)
 }
 
+/// Whether the bytes of `buf` from `from` on end a line: a head that did not parse before
+/// cannot have been completed (nor a header line it had broken) by bytes without a line end.
+/// The fast path parses a dripping head once per line, not once per read (hyper parses once
+/// per read).
+pub fn may_end(buf: &[u8], from: usize) -> bool {
+    buf.get(from..).is_some_and(|new| new.contains(&b'\n'))
+}
+
 /// `Content-Length` as the fast path takes it: 1 to 18 ASCII digits, nothing else.
 fn plain_digits(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
@@ -241,6 +249,29 @@ mod tests {
     #[test]
     fn a_partial_head_waits() {
         assert_eq!(head(&OK[..30]), Head::Partial);
+    }
+
+    #[test]
+    fn a_head_is_looked_at_again_once_per_line() {
+        let b = OK.as_bytes();
+        let lines = b[..OK.find("\r\n\r\n").unwrap() + 4]
+            .iter()
+            .filter(|&&c| c == b'\n')
+            .count();
+        // Fed a byte at a time: parsed again only when a line has ended.
+        let mut parses = 0;
+        let mut n = 1;
+        while n <= b.len() {
+            if may_end(&b[..n], n - 1) {
+                parses += 1;
+                if head(&OK[..n]) != Head::Partial {
+                    break;
+                }
+            }
+            n += 1;
+        }
+        assert_eq!(parses, lines);
+        assert!(!may_end(b"POST / HTTP/1.1", 0));
     }
 
     #[test]

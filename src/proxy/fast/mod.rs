@@ -13,11 +13,12 @@
 //! methods, HTTP/1.0, h2c and the HTTP/2 preface, `Expect`, `Upgrade`, chunked requests,
 //! duplicate or odd `Content-Length`, bare LF, obs-fold, …) is handed to hyper together with
 //! the bytes already read ([`Handover`]), so hyper sees the connection as if from the start,
-//! and refuses or serves it exactly as `engine: hyper` would. A turn whose cluster has an
-//! `https://` endpoint is sent by the general client, through the same forward phase.
+//! and refuses or serves it exactly as `engine: hyper` would. A turn located on a cluster with
+//! an `https://` endpoint is handed over the same way (its bytes still untouched in the buffer):
+//! hyper serves and records it from its first byte.
 //!
 //! Limits are the listener's, exactly as for hyper: the connection runs under the same
-//! watchdog over the same [`ConnState`] (`header_read_timeout` for the first head from accept
+//! watchdog over the same [`crate::listener::guard::ConnState`] (`header_read_timeout` for the first head from accept
 //! and for a later one from its first byte, `idle_timeout`, `send_timeout` on every write to
 //! the client, `max_connection_age` and shutdown as a graceful close, lingering close). The
 //! body must arrive within `request_timeout` of the head, and may not exceed `max_body` (a
@@ -90,16 +91,20 @@ pub async fn serve_conn(proxy: Arc<Proxy>, conn: FrontConn) -> Option<Handover> 
     let mut read = BytesMut::with_capacity(8192);
     loop {
         let max_body = proxy.live.load().limits.max_body;
+        // Bytes of `read` when the head was last parsed: a head dripping in is parsed again only
+        // when what came may have ended it (not once per byte).
+        let mut parsed = 0;
         let dh = loop {
-            if !read.is_empty() {
+            if !read.is_empty() && (parsed == 0 || head::may_end(&read, parsed)) {
+                parsed = read.len();
                 match head::parse(&read, max_body) {
                     Head::Dialog(d) => break d,
                     Head::Other => return Some(Handover { stream, read }),
-                    Head::Partial if read.len() >= MAX_HEAD => {
-                        return Some(Handover { stream, read })
-                    }
                     Head::Partial => {}
                 }
+            }
+            if read.len() >= MAX_HEAD {
+                return Some(Handover { stream, read });
             }
             // Asked to close (idle, aged, shutdown) with no request under way: close, as
             // hyper does with a connection between requests.
@@ -230,7 +235,7 @@ async fn dialog(
         answer
             .read_whole(t.deadline, ANSWER_PEEK_MAX)
             .await?
-            .and_then(|b| crate::respond::peek_outaction(&b))
+            .and_then(crate::respond::peek_outaction)
     } else {
         None
     };

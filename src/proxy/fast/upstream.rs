@@ -6,7 +6,7 @@ use std::io::IoSlice;
 use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use compact_str::CompactString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -121,6 +121,8 @@ pub struct Answer {
     pub until_close: bool,
     /// Bytes of `buf` already given to the chunk reader.
     fed: usize,
+    /// A chunked body read whole, decoded (for `outaction`).
+    decoded: Vec<u8>,
     stream: Option<TcpStream>,
     home: Arc<RawConns>,
     /// The upstream may keep the connection (no `Connection: close`, HTTP/1.1).
@@ -216,6 +218,7 @@ impl FastAttempt<'_> {
                             status: a.status,
                             head_len: a.head_len,
                             fed: a.head_len,
+                            decoded: Vec::new(),
                             keep: a.keep,
                             has_request_id: a.has_request_id,
                             until_close: matches!(framing, Framing::UntilClose),
@@ -244,6 +247,16 @@ impl FastAttempt<'_> {
             }
         }
     }
+}
+
+/// What [`Answer::read_whole`] found.
+enum Whole {
+    /// The body is all in the buffer, after the head.
+    InBuffer,
+    /// The chunked body, decoded.
+    Decoded(Vec<u8>),
+    /// Larger than asked for: it streams through.
+    TooLarge,
 }
 
 /// A parsed answer head.
@@ -369,30 +382,37 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<ParsedAnswer>, &'static str> {
 
 impl Answer {
     /// Read the body whole if it is at most `max` bytes, by `deadline`: `Some(body)` (decoded
-    /// from chunks when chunked), or `None` when it is larger (it then streams through).
+    /// from chunks when chunked; else where it lies, in the buffer), or `None` when it is
+    /// larger (it then streams through).
     pub async fn read_whole(
         &mut self,
         deadline: Instant,
         max: usize,
-    ) -> Result<Option<Bytes>, GatewayError> {
+    ) -> Result<Option<&[u8]>, GatewayError> {
         match tokio::time::timeout_at(deadline, self.read_whole_inner(max)).await {
-            Ok(r) => r,
+            Ok(Ok(Whole::InBuffer)) => Ok(Some(&self.buf[self.head_len..])),
+            Ok(Ok(Whole::Decoded(d))) => {
+                self.decoded = d;
+                Ok(Some(&self.decoded))
+            }
+            Ok(Ok(Whole::TooLarge)) => Ok(None),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(GatewayError::UpstreamTimeout(
                 "the answer body did not arrive within the cluster's timeout".into(),
             )),
         }
     }
 
-    async fn read_whole_inner(&mut self, max: usize) -> Result<Option<Bytes>, GatewayError> {
+    async fn read_whole_inner(&mut self, max: usize) -> Result<Whole, GatewayError> {
         let Some(stream) = self.stream.as_mut() else {
-            return Ok(None);
+            return Ok(Whole::TooLarge);
         };
         let broke = |e: String| GatewayError::Upstream(format!("the answer broke off: {e}"));
         match &mut self.framing {
             Framing::Length(n) => {
                 let have = self.buf.len() - self.head_len;
                 if have as u64 + *n > max as u64 {
-                    return Ok(None);
+                    return Ok(Whole::TooLarge);
                 }
                 self.buf.reserve(*n as usize);
                 while *n > 0 {
@@ -409,7 +429,7 @@ impl Answer {
                     }
                     *n -= k as u64;
                 }
-                Ok(Some(Bytes::copy_from_slice(&self.buf[self.head_len..])))
+                Ok(Whole::InBuffer)
             }
             Framing::Chunked(c) => {
                 let mut data = Vec::new();
@@ -422,10 +442,10 @@ impl Answer {
                         if self.fed != self.buf.len() {
                             return Err(broke("bytes after the last chunk".into()));
                         }
-                        return Ok(Some(Bytes::from(data)));
+                        return Ok(Whole::Decoded(data));
                     }
                     if self.buf.len() - self.head_len > max {
-                        return Ok(None);
+                        return Ok(Whole::TooLarge);
                     }
                     self.buf.reserve(4096);
                     let k = stream
@@ -439,7 +459,7 @@ impl Answer {
             }
             Framing::UntilClose => loop {
                 if self.buf.len() - self.head_len > max {
-                    return Ok(None);
+                    return Ok(Whole::TooLarge);
                 }
                 self.buf.reserve(4096);
                 let k = stream
@@ -449,7 +469,7 @@ impl Answer {
                 if k == 0 {
                     self.stream = None;
                     self.framing = Framing::Length(0);
-                    return Ok(Some(Bytes::copy_from_slice(&self.buf[self.head_len..])));
+                    return Ok(Whole::InBuffer);
                 }
             },
         }
