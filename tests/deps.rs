@@ -59,7 +59,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "snapshot",
-        &["probe", "router", "rollout", "pins", "upstream", "ids", "vocab"],
+        &[
+            "probe", "router", "rollout", "pins", "upstream", "ids", "vocab",
+        ],
     ),
     ("respond", &["protocol", "probe", "vocab"]),
     ("admission", &["respond"]),
@@ -94,7 +96,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "config",
         &[
             "snapshot", "probe", "router", "rollout", "pins", "upstream", "protocol", "located",
-            "metrics", "ids", "clock", "history" "vocab",
+            "metrics", "ids", "clock", "history", "vocab",
         ],
     ),
     (

@@ -231,15 +231,16 @@ async fn dialog(
     let mut attempt = FastAttempt::new(read, dh, total, t.peer, &t.rec.request_id, t.rec.trace);
     let mut answer = t.forward(&mut attempt).await?;
     drop(attempt);
-    let outaction = if (200..300).contains(&answer.status) {
+    let peek = if (200..300).contains(&answer.status) {
         answer
             .read_whole(t.deadline, ANSWER_PEEK_MAX)
             .await?
-            .and_then(crate::respond::peek_outaction)
+            .map(crate::respond::peek_answer)
+            .unwrap_or_default()
     } else {
-        None
+        Default::default()
     };
-    t.settle_pin(answer.status, outaction).await;
+    t.settle_pin(answer.status, peek).await;
     Ok(Some(answer))
 }
 
@@ -313,6 +314,7 @@ async fn answer_error(
     close: bool,
 ) -> std::io::Result<()> {
     let e = t.fail(e);
+    t.settle_failure().await;
     let (status, _) = e.row();
     let body = e.body(t.rec.userid.as_deref());
     let mut head = Vec::with_capacity(256);
