@@ -482,6 +482,21 @@ async fn two_replicas_follow_one_decision(canary_two: &str, want: &str, kind: &s
             1.0,
             "one {kind} transition on each replica"
         );
+        // Spec §12: the transition is in every replica's history, once, with its reason.
+        let h: serde_json::Value =
+            serde_json::from_str(&c.get_text(&gw.admin_url("/admin/history")).await).unwrap();
+        let ours: Vec<&serde_json::Value> = h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "rollout" && e["transition"] == kind)
+            .collect();
+        assert_eq!(ours.len(), 1, "one {kind} in the history: {h:#}");
+        assert!(
+            ours[0]["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{:#}",
+            ours[0]
+        );
     }
     let s = seen.lock().unwrap();
     no_call_on_two_clusters(&s);
