@@ -176,6 +176,42 @@ impl Conns {
     }
 }
 
+/// A TCP connection to `authority` by `by`, with the socket options every upstream connection
+/// gets (no Nagle: the head and body go in one write; keepalive probes). A connect that fails
+/// for our own shortage (EMFILE and friends) is [`UpstreamError::Local`], never the endpoint's
+/// fault. Used by the hyper client's connections and by the fast path's raw ones.
+pub(super) async fn open_tcp(
+    endpoint: &Arc<str>,
+    authority: &str,
+    by: Instant,
+    connect_timeout: Duration,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let failed = |reason: String| UpstreamError::Connect {
+        endpoint: endpoint.clone(),
+        reason,
+    };
+    let stream = match tokio::time::timeout_at(by, tokio::net::TcpStream::connect(authority)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if crate::fdlimit::is_local(&e) => {
+            return Err(UpstreamError::Local {
+                endpoint: endpoint.clone(),
+                reason: format!("tcp connect: {e}"),
+            })
+        }
+        Ok(Err(e)) => return Err(failed(format!("tcp connect error: {e}"))),
+        Err(_) => {
+            return Err(failed(format!(
+                "tcp connect timed out after {connect_timeout:?}"
+            )))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    Ok(stream)
+}
+
 /// Open a connection to `authority` (`host:port`) by `deadline` (the turn's `connect_timeout`,
 /// counted from when it began to look for a connection) and start its HTTP/1.1 task.
 async fn connect(
@@ -184,34 +220,14 @@ async fn connect(
     deadline: Instant,
     connect_timeout: Duration,
 ) -> Result<SendRequest<ReqBody>, UpstreamError> {
-    let failed = |reason: String| UpstreamError::Connect {
-        endpoint: endpoint.clone(),
-        reason,
-    };
-    let stream =
-        match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(authority)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) if crate::fdlimit::is_local(&e) => {
-                return Err(UpstreamError::Local {
-                    endpoint: endpoint.clone(),
-                    reason: format!("tcp connect: {e}"),
-                })
-            }
-            Ok(Err(e)) => return Err(failed(format!("tcp connect error: {e}"))),
-            Err(_) => {
-                return Err(failed(format!(
-                    "tcp connect timed out after {connect_timeout:?}"
-                )))
-            }
-        };
-    // Small requests and answers: send each at once (the head and body go in one write).
-    let _ = stream.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    let stream = open_tcp(endpoint, authority, deadline, connect_timeout).await?;
     let (tx, conn) = http1::Builder::new()
         .handshake::<_, ReqBody>(TokioIo::new(stream))
         .await
-        .map_err(|e| failed(error_chain(&e)))?;
+        .map_err(|e| UpstreamError::Connect {
+            endpoint: endpoint.clone(),
+            reason: error_chain(&e),
+        })?;
     tokio::spawn(async move {
         // Ends when the connection closes: the server closed it, or every handle was dropped.
         if let Err(e) = conn.await {

@@ -15,9 +15,6 @@ use tokio::time::Instant;
 use super::client::UpstreamError;
 use super::conn::{IDLE_TIMEOUT, MAX_IDLE};
 
-/// TCP keep-alive probes on upstream connections start after this much silence.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
 /// The idle raw connections of one endpoint.
 #[derive(Default)]
 pub struct RawConns {
@@ -73,29 +70,6 @@ pub async fn connect(
     connect_timeout: Duration,
     deadline: Instant,
 ) -> Result<TcpStream, UpstreamError> {
-    let failed = |reason: String| UpstreamError::Connect {
-        endpoint: endpoint.clone(),
-        reason,
-    };
     let by = deadline.min(Instant::now() + connect_timeout);
-    let stream = match tokio::time::timeout_at(by, TcpStream::connect(authority)).await {
-        Ok(Ok(s)) => s,
-        // Our own shortage (EMFILE and friends): never the endpoint's fault.
-        Ok(Err(e)) if crate::fdlimit::is_local(&e) => {
-            return Err(UpstreamError::Local {
-                endpoint: endpoint.clone(),
-                reason: format!("tcp connect: {e}"),
-            })
-        }
-        Ok(Err(e)) => return Err(failed(format!("tcp connect error: {e}"))),
-        Err(_) => {
-            return Err(failed(format!(
-                "tcp connect timed out after {connect_timeout:?}"
-            )))
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    Ok(stream)
+    super::conn::open_tcp(endpoint, authority, by, connect_timeout).await
 }
