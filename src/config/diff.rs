@@ -41,20 +41,22 @@ impl SnapshotDiff {
     }
 }
 
+/// Each item's index by its name (a map of the caller's choice: sorted or hashed).
+fn by_name<'a, T, M: FromIterator<(&'a str, usize)>>(
+    items: &'a [T],
+    name: impl Fn(&'a T) -> &'a str,
+) -> M {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (name(t), i))
+        .collect()
+}
+
 /// What differs between two snapshots, by name. Linear in the number of rules.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDiff {
-    let oc: BTreeMap<&str, usize> = old
-        .clusters
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (&*c.name, i))
-        .collect();
-    let nc: BTreeMap<&str, usize> = new
-        .clusters
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (&*c.name, i))
-        .collect();
+    let oc: BTreeMap<&str, usize> = by_name(&old.clusters, |c| &c.name);
+    let nc: BTreeMap<&str, usize> = by_name(&new.clusters, |c| &c.name);
     let mut d = SnapshotDiff::default();
     for (name, &j) in &nc {
         let n = &new.clusters[j];
@@ -86,20 +88,8 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDiff {
         .map(|s| s.to_string())
         .collect();
 
-    let or: HashMap<&str, usize> = old
-        .routing
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (&*r.name, i))
-        .collect();
-    let nr: HashMap<&str, usize> = new
-        .routing
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (&*r.name, i))
-        .collect();
+    let or: HashMap<&str, usize> = by_name(&old.routing.rules, |r| &r.name);
+    let nr: HashMap<&str, usize> = by_name(&new.routing.rules, |r| &r.name);
     // In both files: the order of the old file, to see a reordering.
     let mut common_new_positions = Vec::new();
     for r in &old.routing.rules {
