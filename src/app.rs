@@ -305,11 +305,9 @@ impl App {
     /// Bind the addresses of the config.
     pub async fn bind(&self) -> std::io::Result<(TcpListener, TcpListener)> {
         let s = self.live.load();
-        let dialog = TcpListener::bind(s.listen)
-            .await
+        let dialog = listen(s.listen)
             .map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", s.listen)))?;
-        let admin = TcpListener::bind(s.admin)
-            .await
+        let admin = listen(s.admin)
             .map_err(|e| std::io::Error::new(e.kind(), format!("admin {}: {e}", s.admin)))?;
         Ok((dialog, admin))
     }
@@ -459,4 +457,44 @@ async fn open_pin_file(file: PathBuf, store: MemoryStore) -> Result<Arc<PinFile>
     tokio::task::spawn_blocking(move || PinFile::open(&file, store).0)
         .await
         .map_err(|e| StartError::Other(e.to_string()))
+}
+
+/// Connections the kernel may hold for a listener before they are accepted (clamped to
+/// `net.core.somaxconn`). The 128 of a plain bind overflows when a few hundred IVR channels
+/// reconnect at once (a front end's restart), and every dropped SYN costs its caller a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind `addr` (address reuse on, as every server sets it) and listen with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_holds_a_burst_of_connects_that_are_not_accepted_yet() {
+        let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        // Nobody accepts: the kernel's queue alone holds these. A plain bind's 128 would drop
+        // the SYNs after it, and those connects would time out.
+        let held = tokio::task::spawn_blocking(move || {
+            (0..300)
+                .map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| v.len())
+        })
+        .await
+        .unwrap();
+        assert_eq!(held.unwrap(), 300);
+        drop(l);
+    }
 }

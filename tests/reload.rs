@@ -152,6 +152,11 @@ async fn rollout(mode: Mode) {
                     turns.fetch_add(1, Ordering::Relaxed);
                     if a.status != 200 {
                         failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!(
+                            "{mode:?}: {userid} turn {i} answered {}: {}",
+                            a.status,
+                            String::from_utf8_lossy(&a.body)
+                        );
                         break;
                     }
                     let up = a.upstream().unwrap_or("?").to_string();

@@ -24,6 +24,9 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::client::{error_chain, ReqBody, UpstreamError};
+use super::gate::ConnectGate;
+#[cfg(test)]
+use super::gate::MAX_CONNECTING;
 
 /// Idle connections kept per endpoint; more are closed when they come back.
 pub const MAX_IDLE: usize = 1024;
@@ -35,13 +38,6 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// How long a returned connection may take to become ready for its next request before it is
 /// given up (it normally is ready at once).
 const READY_WAIT: Duration = Duration::from_secs(5);
-/// Connects in progress per endpoint. A burst of turns with no idle connection (start-up, a
-/// reload that sends traffic to a new endpoint) opens this many at a time; the others wait for
-/// the first connection to come back or a connect to finish, as a browser or hyper's own pool
-/// would. An unbounded burst of SYNs overflows the endpoint's accept queue, and a dropped SYN
-/// costs a whole second (the first retransmission), which is a failed turn at the default
-/// `connect_timeout`.
-pub const MAX_CONNECTING: usize = 32;
 
 struct IdleConn {
     tx: SendRequest<ReqBody>,
@@ -49,23 +45,12 @@ struct IdleConn {
 }
 
 /// The idle connections of one endpoint.
+#[derive(Default)]
 pub struct Conns {
     /// Back = most recently returned. The lock is held for a push or a pop, never across I/O.
     idle: Mutex<VecDeque<IdleConn>>,
-    /// Slots for connects in progress ([`MAX_CONNECTING`]).
-    connecting: tokio::sync::Semaphore,
-    /// Wakes a turn waiting for a connection: one was returned or a connect slot freed.
-    available: tokio::sync::Notify,
-}
-
-impl Default for Conns {
-    fn default() -> Self {
-        Conns {
-            idle: Mutex::default(),
-            connecting: tokio::sync::Semaphore::new(MAX_CONNECTING),
-            available: tokio::sync::Notify::new(),
-        }
-    }
+    /// Connects in progress and the turns waiting for one.
+    gate: ConnectGate,
 }
 
 impl std::fmt::Debug for Conns {
@@ -127,10 +112,10 @@ impl Conns {
             since: Instant::now(),
         });
         drop(q);
-        self.available.notify_one();
+        self.gate.returned();
     }
 
-    /// An idle connection, or a freshly opened one, or (when [`MAX_CONNECTING`] connects are
+    /// An idle connection, or a freshly opened one, or (when [`MAX_CONNECTING`](super::gate::MAX_CONNECTING) connects are
     /// already under way) the first of those to become free. `Ok(kept)` says whether the
     /// connection was idle in the pool (it may have been closed under us) or is new.
     async fn checkout(
@@ -139,40 +124,16 @@ impl Conns {
         authority: &str,
         connect_timeout: Duration,
     ) -> Result<(SendRequest<ReqBody>, bool), UpstreamError> {
-        // Waiting for a connection counts against `connect_timeout` like connecting does: an
-        // endpoint that swallows SYNs must not hold turns longer than one connect would, so
-        // that they can still try another endpoint within the cluster's timeout.
         let give_up = Instant::now() + connect_timeout;
-        loop {
-            if let Some(tx) = self.take() {
-                return Ok((tx, true));
-            }
-            if let Ok(slot) = self.connecting.try_acquire() {
-                let r = connect(endpoint, authority, give_up, connect_timeout).await;
-                drop(slot);
-                // A waiter may connect now (or take what this connect leaves behind).
-                self.available.notify_one();
-                return r.map(|tx| (tx, false));
-            }
-            // Register before looking again, so that a return in between is not missed.
-            let wake = self.available.notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            if let Some(tx) = self.take() {
-                return Ok((tx, true));
-            }
-            if self.connecting.available_permits() > 0 {
-                continue;
-            }
-            if tokio::time::timeout_at(give_up, wake).await.is_err() {
-                return Err(UpstreamError::Connect {
-                    endpoint: endpoint.clone(),
-                    reason: format!(
-                        "no connection within {connect_timeout:?} ({MAX_CONNECTING} connects already in progress)"
-                    ),
-                });
-            }
-        }
+        self.gate
+            .checkout(
+                endpoint,
+                give_up,
+                connect_timeout,
+                || self.take(),
+                || connect(endpoint, authority, give_up, connect_timeout),
+            )
+            .await
     }
 }
 
@@ -401,7 +362,7 @@ mod tests {
         }
         assert_eq!(waited_out, MAX_CONNECTING + 8);
         assert_eq!(
-            conns.connecting.available_permits(),
+            conns.gate.free_slots(),
             MAX_CONNECTING,
             "every connect slot is given back"
         );

@@ -12,6 +12,7 @@ pub mod client;
 pub mod conn;
 pub mod embedded;
 pub mod endpoint;
+pub mod gate;
 pub mod health;
 pub mod pool;
 pub mod raw;

@@ -6,7 +6,7 @@
 //! last byte with nothing after it; before one is used again a non-blocking read checks that
 //! the server has not closed it (or sent bytes nobody asked for) while it was idle.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -14,11 +14,14 @@ use tokio::time::Instant;
 
 use super::client::UpstreamError;
 use super::conn::{IDLE_TIMEOUT, MAX_IDLE};
+use super::gate::ConnectGate;
 
 /// The idle raw connections of one endpoint.
 #[derive(Default)]
 pub struct RawConns {
     idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Connects in progress and the turns waiting for one.
+    gate: ConnectGate,
 }
 
 impl std::fmt::Debug for RawConns {
@@ -34,8 +37,31 @@ impl RawConns {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
+    /// An idle connection, or a freshly opened one (by `deadline` and within
+    /// `connect_timeout`), or (when [`MAX_CONNECTING`](super::gate::MAX_CONNECTING) connects are
+    /// under way) the first of those to become free. `Ok((s, true))`: the connection was idle
+    /// (the server may have closed it under us); `Ok((s, false))`: it is new.
+    pub async fn checkout(
+        &self,
+        endpoint: &Arc<str>,
+        authority: &str,
+        connect_timeout: Duration,
+        deadline: Instant,
+    ) -> Result<(TcpStream, bool), UpstreamError> {
+        let by = deadline.min(Instant::now() + connect_timeout);
+        self.gate
+            .checkout(
+                endpoint,
+                by,
+                connect_timeout,
+                || self.take(),
+                || super::conn::open_tcp(endpoint, authority, by, connect_timeout),
+            )
+            .await
+    }
+
     /// The most recently used idle connection that is still open and quiet.
-    pub fn take(&self) -> Option<TcpStream> {
+    fn take(&self) -> Option<TcpStream> {
         loop {
             let (s, since) = self.idle.lock().ok()?.pop()?;
             if since.elapsed() >= IDLE_TIMEOUT {
@@ -60,16 +86,7 @@ impl RawConns {
             v.remove(0);
         }
         v.push((s, Instant::now()));
+        drop(v);
+        self.gate.returned();
     }
-}
-
-/// Open a connection to `authority` within `connect_timeout` (and `deadline`).
-pub async fn connect(
-    endpoint: &std::sync::Arc<str>,
-    authority: &str,
-    connect_timeout: Duration,
-    deadline: Instant,
-) -> Result<TcpStream, UpstreamError> {
-    let by = deadline.min(Instant::now() + connect_timeout);
-    super::conn::open_tcp(endpoint, authority, by, connect_timeout).await
 }

@@ -20,7 +20,7 @@ use crate::proxy::turn::Attempt;
 use crate::proxy::Peer;
 use crate::respond::GatewayError;
 use crate::upstream::pool::PoolState;
-use crate::upstream::raw::{self, RawConns};
+use crate::upstream::raw::RawConns;
 use crate::upstream::{Endpoint, UpstreamError};
 
 /// The request of one fast turn: ranges of the client's bytes and the headers we add.
@@ -172,27 +172,23 @@ impl FastAttempt<'_> {
         // A kept connection that fails while the request is being written never delivered
         // it (a CL-framed request is not served until its last byte): try a fresh one.
         let mut stream = loop {
-            match endpoint.raw.take() {
-                Some(mut s) => {
-                    if write_all_vectored(&mut s, &mut self.slices()).await.is_ok() {
-                        break s;
-                    }
-                }
-                None => {
-                    let mut s = raw::connect(
-                        &endpoint.url,
-                        &endpoint.connect_to,
-                        state.spec.connect_timeout,
-                        deadline,
-                    )
-                    .await?;
-                    if let Err(e) = write_all_vectored(&mut s, &mut self.slices()).await {
-                        return Err(UpstreamError::Connect {
-                            endpoint: endpoint.url.clone(),
-                            reason: format!("write on a fresh connection failed: {e}"),
-                        });
-                    }
-                    break s;
+            let (mut s, kept) = endpoint
+                .raw
+                .checkout(
+                    &endpoint.url,
+                    &endpoint.connect_to,
+                    state.spec.connect_timeout,
+                    deadline,
+                )
+                .await?;
+            match write_all_vectored(&mut s, &mut self.slices()).await {
+                Ok(()) => break s,
+                Err(_) if kept => continue,
+                Err(e) => {
+                    return Err(UpstreamError::Connect {
+                        endpoint: endpoint.url.clone(),
+                        reason: format!("write on a fresh connection failed: {e}"),
+                    })
                 }
             }
         };
