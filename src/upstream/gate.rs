@@ -154,7 +154,7 @@ mod tests {
                     give_up,
                     Duration::from_secs(60),
                     || None::<u32>,
-                    || std::future::pending(),
+                    std::future::pending,
                 )
                 .await
             }));
