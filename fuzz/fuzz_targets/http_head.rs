@@ -7,7 +7,8 @@ use graygate::proxy::fast::parse_answer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Head::Dialog(d) = parse(data, 64 * 1024) {
+    let head = parse(data, 64 * 1024);
+    if let Head::Dialog(d) | Head::Chunked(d) = &head {
         assert!(d.len <= data.len());
         for r in d
             .keep
@@ -21,6 +22,9 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(d.path.end <= d.len);
         assert!(d.content_length <= 64 * 1024);
+    }
+    if let Head::Chunked(d) = &head {
+        assert_eq!(d.content_length, 0);
     }
     if let Ok(Some(a)) = parse_answer(data) {
         assert!(a.head_len <= data.len());

@@ -77,6 +77,15 @@ impl Chunked {
         Self::default()
     }
 
+    /// Data bytes of the current chunk not read yet: its declared size less what came of it
+    /// (0 between chunks).
+    pub fn remaining_in_chunk(&self) -> u64 {
+        match self.state {
+            State::Data => self.remaining,
+            _ => 0,
+        }
+    }
+
     /// The last chunk and the trailers have been read.
     pub fn is_done(&self) -> bool {
         self.state == State::Done

@@ -5,7 +5,7 @@
 //! exactly as with `engine: hyper`. Taken: `POST` to the canonical V2 or V1 dialog path (no
 //! query), `HTTP/1.1`, CRLF line endings only, exactly one `Host`, exactly one
 //! `Content-Length` of plain digits no larger than `max_body`, at most one
-//! `x-forwarded-for`, and no `Transfer-Encoding`, `Expect`, `Upgrade`, `TE`, `Trailer`,
+//! `x-forwarded-for`, and no `Transfer-Encoding` (but see [`Head::Chunked`]), `Expect`, `Upgrade`, `TE`, `Trailer`,
 //! `Keep-Alive`, `Proxy-Connection` or `Proxy-Authorization`; a `Connection` header only
 //! with `close` or `keep-alive`. Header syntax is httparse's (hyper's own parser), with its
 //! strict defaults: no obs-fold, no space before a colon, no bare CR.
@@ -25,6 +25,11 @@ pub enum Head {
     Partial,
     /// A dialog turn the fast path takes.
     Dialog(DialogHead),
+    /// A dialog head the fast path would take but for its body being `Transfer-Encoding:
+    /// chunked` (the only coding, no `Content-Length`): hyper's to serve, but the fast path
+    /// first reads the chunk sizes as they arrive, to refuse at once a body declared larger
+    /// than `max_body` (hyper only sees the bytes that came). `content_length` is 0.
+    Chunked(DialogHead),
     /// Anything else: hyper's, with the bytes as they are.
     Other,
 }
@@ -122,7 +127,8 @@ pub fn parse(buf: &[u8], max_body: u64) -> Head {
         return Head::Other;
     };
     out.keep.push(0..first_end + 1);
-    let (mut hosts, mut lengths) = (0, 0);
+    let (mut hosts, mut lengths, mut codings) = (0, 0, 0);
+    let mut chunked = false;
     for h in req.headers.iter() {
         let (Some(start), Some(value_start)) = (offset(h.name.as_bytes()), offset(h.value)) else {
             return Head::Other;
@@ -142,6 +148,9 @@ pub fn parse(buf: &[u8], max_body: u64) -> Head {
             }
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            codings += 1;
+            chunked = h.value.eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case("connection") {
             keep = false;
             for token in h.value.split(|&b| b == b',') {
@@ -179,7 +188,6 @@ pub fn parse(buf: &[u8], max_body: u64) -> Head {
                 out.request_id = Some(value);
             }
         } else if [
-            "transfer-encoding",
             "expect",
             "upgrade",
             "te",
@@ -197,10 +205,14 @@ pub fn parse(buf: &[u8], max_body: u64) -> Head {
             out.keep.push(line);
         }
     }
-    if hosts != 1 || lengths != 1 || out.content_length > max_body {
+    if hosts != 1 {
         return Head::Other;
     }
-    Head::Dialog(out)
+    match (lengths, codings) {
+        (1, 0) if out.content_length <= max_body => Head::Dialog(out),
+        (0, 1) if chunked => Head::Chunked(out),
+        _ => Head::Other,
+    }
 }
 
 /// Whether the bytes of `buf` from `from` on end a line: a head that did not parse before
@@ -305,6 +317,28 @@ mod tests {
                 .to_string(),
         ] {
             assert_eq!(head(&bad), Head::Other, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_chunked_dialog_head_is_kept_apart_and_only_the_plain_shape() {
+        let h = "POST /oifde/rest/v2/crs/process/7 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\n";
+        let Head::Chunked(d) = head(h) else {
+            panic!("not seen as chunked: {:?}", head(h))
+        };
+        assert_eq!(d.dialog, Dialog::V2(7));
+        assert_eq!(d.len, h.len() - 3);
+        assert_eq!(d.content_length, 0);
+        for other in [
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n",
+            "Transfer-Encoding: chunked\r\nHost: b\r\n",
+        ] {
+            let h = format!("POST /oifde/rest/crs/process HTTP/1.1\r\nHost: a\r\n{other}\r\n");
+            assert_eq!(head(&h), Head::Other, "{h:?}");
         }
     }
 }

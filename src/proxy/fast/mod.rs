@@ -13,7 +13,10 @@
 //! methods, HTTP/1.0, h2c and the HTTP/2 preface, `Expect`, `Upgrade`, chunked requests,
 //! duplicate or odd `Content-Length`, bare LF, obs-fold, …) is handed to hyper together with
 //! the bytes already read ([`Handover`]), so hyper sees the connection as if from the start,
-//! and refuses or serves it exactly as `engine: hyper` would. A turn located on a cluster with
+//! and refuses or serves it exactly as `engine: hyper` would. One refusal is the fast path's
+//! own: a chunked dialog body whose chunk sizes already pass `max_body` gets its 413 as soon as
+//! that size line arrives ([`chunked_sizes`]); a chunked body within the limit goes to hyper
+//! once it has all arrived. A turn located on a cluster with
 //! an `https://` endpoint is handed over the same way (its bytes still untouched in the buffer):
 //! hyper serves and records it from its first byte.
 //!
@@ -94,11 +97,12 @@ pub async fn serve_conn(proxy: Arc<Proxy>, conn: FrontConn) -> Option<Handover> 
         // Bytes of `read` when the head was last parsed: a head dripping in is parsed again only
         // when what came may have ended it (not once per byte).
         let mut parsed = 0;
-        let dh = loop {
+        let (dh, chunked) = loop {
             if !read.is_empty() && (parsed == 0 || head::may_end(&read, parsed)) {
                 parsed = read.len();
                 match head::parse(&read, max_body) {
-                    Head::Dialog(d) => break d,
+                    Head::Dialog(d) => break (d, false),
+                    Head::Chunked(d) => break (d, true),
                     Head::Other => return Some(Handover { stream, read }),
                     Head::Partial => {}
                 }
@@ -125,7 +129,11 @@ pub async fn serve_conn(proxy: Arc<Proxy>, conn: FrontConn) -> Option<Handover> 
             }
         };
         let inflight = state.begin(http::Version::HTTP_11);
-        let next = turn(&proxy, &mut stream, &mut read, &dh, peer, &close).await;
+        let next = if chunked {
+            chunked_sizes(&proxy, &mut stream, &mut read, &dh, peer, max_body).await
+        } else {
+            turn(&proxy, &mut stream, &mut read, &dh, peer, &close).await
+        };
         drop(inflight);
         match next {
             Ok(Next::Request) => {}
@@ -136,6 +144,7 @@ pub async fn serve_conn(proxy: Arc<Proxy>, conn: FrontConn) -> Option<Handover> 
 }
 
 /// What a connection does after a turn.
+#[derive(Debug)]
 enum Next {
     /// Read the next request.
     Request,
@@ -144,6 +153,82 @@ enum Next {
     /// The turn is hyper's after all (its cluster has `https://` endpoints): the request is
     /// still in the buffer, untouched, and the connection goes to hyper with it.
     Hyper,
+}
+
+/// A turn's context from its head in `read`.
+fn begin<'p>(proxy: &'p Proxy, read: &BytesMut, dh: &DialogHead, peer: Peer) -> TurnCtx<'p> {
+    let path = std::str::from_utf8(&read[dh.path.clone()]).unwrap_or("/");
+    let theirs = dh
+        .request_id
+        .clone()
+        .filter(|_| dh.request_id_usable)
+        .and_then(|r| std::str::from_utf8(&read[r]).ok());
+    let mut t = TurnCtx::begin(proxy, peer, Method::POST, path, theirs);
+    t.trace_from_traceparent(dh.traceparent.clone().map(|r| &read[r]));
+    t
+}
+
+/// Read more of the request's body into `read`, within the turn's `request_timeout`. A client
+/// that closes or stalls mid-body gets the gateway's 400, and `Ok(false)` says the connection
+/// closes.
+async fn read_more(
+    client: &mut Guarded,
+    read: &mut BytesMut,
+    t: &mut TurnCtx<'_>,
+    dh: &DialogHead,
+) -> std::io::Result<bool> {
+    let why = match tokio::time::timeout_at(t.deadline, client.read_buf(read)).await {
+        Ok(Ok(n)) if n > 0 => return Ok(true),
+        Ok(_) => "the client closed the connection mid-body",
+        Err(_) => "the client did not send the body within request_timeout",
+    };
+    t.rec.vdn = dh.dialog.vdn();
+    answer_error(client, t, GatewayError::BodyRead(why.into()), true).await?;
+    Ok(false)
+}
+
+/// Framing bytes a chunked body may bring beyond `max_body` of data while its sizes are read
+/// (size lines, extensions, trailers); past them the request is hyper's as it stands.
+const CHUNK_FRAMING_SLACK: usize = 64 * 1024;
+
+/// A chunked dialog body ([`Head::Chunked`]): its chunk sizes read as they arrive, and a body
+/// declared larger than `max_body` refused at once with 413 (the connection then closes with a
+/// lingering close, so the client still sending sees the answer). A body that stays within it
+/// is hyper's with every byte read so far, once it has all arrived (hyper then serves it at
+/// once); so is framing this reader refuses, which hyper refuses in its own words. Nothing is
+/// decoded or forwarded here: hyper serves (and records) the turn from its first byte.
+async fn chunked_sizes(
+    proxy: &Arc<Proxy>,
+    client: &mut Guarded,
+    read: &mut BytesMut,
+    dh: &DialogHead,
+    peer: Peer,
+    max_body: u64,
+) -> std::io::Result<Next> {
+    let mut t = begin(proxy, read, dh, peer);
+    let mut sizes = chunk::Chunked::new();
+    let (mut fed, mut data) = (dh.len, 0u64);
+    let most = dh.len + usize::try_from(max_body).unwrap_or(usize::MAX) + CHUNK_FRAMING_SLACK;
+    loop {
+        match sizes.feed(&read[fed..], |d| data += d.len() as u64) {
+            Ok(n) => fed += n,
+            Err(_) => return Ok(Next::Hyper),
+        }
+        if data.saturating_add(sizes.remaining_in_chunk()) > max_body {
+            t.rec.vdn = dh.dialog.vdn();
+            answer_error(client, &mut t, GatewayError::BodyTooLarge(max_body), true).await?;
+            return Ok(Next::Close);
+        }
+        if sizes.is_done() || read.len() >= most {
+            return Ok(Next::Hyper);
+        }
+        if read.capacity() - read.len() < 4096 {
+            read.reserve(8192);
+        }
+        if !read_more(client, read, &mut t, dh).await? {
+            return Ok(Next::Close);
+        }
+    }
 }
 
 /// One dialog turn on the fast path.
@@ -155,36 +240,15 @@ async fn turn(
     peer: Peer,
     close: &CloseAsk,
 ) -> std::io::Result<Next> {
-    let path = std::str::from_utf8(&read[dh.path.clone()]).unwrap_or("/");
-    let theirs = dh
-        .request_id
-        .clone()
-        .filter(|_| dh.request_id_usable)
-        .and_then(|r| std::str::from_utf8(&read[r]).ok());
-    let mut t = TurnCtx::begin(proxy, peer, Method::POST, path, theirs);
-    t.trace_from_traceparent(dh.traceparent.clone().map(|r| &read[r]));
+    let mut t = begin(proxy, read, dh, peer);
     let total = dh.len + dh.content_length as usize;
     // The body, where it lies: after the head in the same buffer.
     if read.len() < total {
         read.reserve(total - read.len());
     }
     while read.len() < total {
-        match tokio::time::timeout_at(t.deadline, client.read_buf(read)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => {
-                t.rec.vdn = dh.dialog.vdn();
-                let e = GatewayError::BodyRead("the client closed the connection mid-body".into());
-                answer_error(client, &mut t, e, true).await?;
-                return Ok(Next::Close);
-            }
-            Err(_) => {
-                t.rec.vdn = dh.dialog.vdn();
-                let e = GatewayError::BodyRead(
-                    "the client did not send the body within request_timeout".into(),
-                );
-                answer_error(client, &mut t, e, true).await?;
-                return Ok(Next::Close);
-            }
+        if !read_more(client, read, &mut t, dh).await? {
+            return Ok(Next::Close);
         }
     }
     let result = dialog(&mut t, read, dh, total).await;
