@@ -391,3 +391,61 @@ async fn graygate_call_over_https() {
     let (code, out) = run(vec![]).await.unwrap();
     assert_eq!(code, 1, "{out}");
 }
+
+/// Issue 13, point 6: a reload that names other certificate files for the dialog listener
+/// applies them (new handshakes present the new certificate) and does not call for a restart;
+/// a reload naming a certificate that cannot be read is refused and the running one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_new_listener_certificates_applies_them() {
+    let (old_pki, new_pki) = (Pki::new("old"), Pki::new("new"));
+    let (old, new) = (
+        old_pki.issue("gateway-old", &["127.0.0.1"], false),
+        new_pki.issue("gateway-new", &["127.0.0.1"], false),
+    );
+    let up = Upstream::start("stable").await;
+    let yaml = |cert: &Path, key: &Path| {
+        format!(
+            "tls: {{ cert: {}, key: {} }}\nclusters:\n  stable:\n    endpoints: [{}]\ndefault: stable\n",
+            p(cert),
+            p(key),
+            up.url()
+        )
+    };
+    let gw = Gateway::start(&yaml(&old.cert_file, &old.key_file)).await;
+    let c = Client::new();
+    assert_eq!(
+        turn_over_tls(gw.dialog, old_pki.ca_der(), None).await,
+        Ok(200)
+    );
+
+    gw.write_config(&yaml(&new.cert_file, &new.key_file));
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let cfg = c
+        .request("GET", &gw.admin_url("/admin/config"), &[], "")
+        .await
+        .json();
+    assert_eq!(cfg["restart_needed"], serde_json::json!([]), "{cfg}");
+    assert_eq!(
+        turn_over_tls(gw.dialog, new_pki.ca_der(), None).await,
+        Ok(200)
+    );
+    let r = turn_over_tls(gw.dialog, old_pki.ca_der(), None).await;
+    assert!(r.is_err(), "the old certificate is still presented: {r:?}");
+
+    // A certificate file that is not there: 422 naming `tls`, the new certificate stays.
+    let missing = new_pki.dir.path().join("missing.pem");
+    gw.write_config(&yaml(&missing, &new.key_file));
+    let r = c.post(&gw.admin_url("/admin/reload"), "").await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("tls"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        turn_over_tls(gw.dialog, new_pki.ca_der(), None).await,
+        Ok(200)
+    );
+    assert_eq!(up.count(), 3);
+}

@@ -135,6 +135,7 @@ impl Reloader {
         // Compiling a large file takes milliseconds: keep it off the async workers.
         // Read once: the hash recorded is that of the bytes compiled, so a fix written while
         // a bad file was being compiled is not skipped as "already seen".
+        let began = std::time::Instant::now();
         let (sha, loaded) = tokio::task::spawn_blocking(move || {
             let text = crate::config::read(&path)?;
             let sha = crate::config::sha256_hex(text.as_bytes());
@@ -165,7 +166,8 @@ impl Reloader {
                     tracing::info!(trigger, generation = current.generation, "config unchanged");
                     Ok(current.generation)
                 } else {
-                    self.publish(snap, &text, &current, trigger).await
+                    let compiled = began.elapsed();
+                    self.publish(snap, &text, &current, trigger, compiled).await
                 }
             }
             Err(errs) => Err(errs),
@@ -214,7 +216,9 @@ impl Reloader {
         text: &str,
         current: &Snapshot,
         trigger: &str,
+        compiled: Duration,
     ) -> Result<u64, LocatedErrors> {
+        let began = std::time::Instant::now();
         // Plan.
         let restart = restart_keys(current, &snap);
         if !restart.is_empty() {
@@ -224,6 +228,8 @@ impl Reloader {
         snap.generation = current.generation + 1;
         let plan = crate::config::diff::diff(current, &snap);
         let moved = crate::config::diff::moved_shares(current, &snap, PLAN_SAMPLES);
+
+        let planned = began.elapsed();
 
         // Prepare.
         let file = self.path.display().to_string();
@@ -252,6 +258,8 @@ impl Reloader {
             }
             _ => None,
         };
+
+        let prepared_at = began.elapsed();
 
         // Commit: nothing below fails.
         let committed = self.upstreams.commit(prepared);
@@ -283,7 +291,18 @@ impl Reloader {
         if let Ok(mut s) = self.status.lock() {
             s.restart_needed = restart;
         }
-        tracing::info!(generation, sha256 = %live.sha256, changes = %plan, "config applied");
+        // Where a reload's time went, for the operator who finds reloads slow.
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        tracing::info!(
+            generation,
+            sha256 = %live.sha256,
+            changes = %plan,
+            read_and_compile_ms = ms(compiled),
+            plan_ms = ms(planned),
+            prepare_ms = ms(prepared_at - planned),
+            publish_ms = ms(began.elapsed() - prepared_at),
+            "config applied"
+        );
         self.history.record(HistoryKind::Applied, applied);
         self.upstreams.drop_empty_retired(&live.cluster_ids());
         Ok(generation)
