@@ -4,7 +4,9 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 fn routes(n: usize, weight: u32) -> String {
     let mut y = String::from(

@@ -135,7 +135,7 @@ impl Reloader {
         // Compiling a large file takes milliseconds: keep it off the async workers.
         // Read once: the hash recorded is that of the bytes compiled, so a fix written while
         // a bad file was being compiled is not skipped as "already seen".
-        let began = std::time::Instant::now();
+        let began = tokio::time::Instant::now();
         let (sha, loaded) = tokio::task::spawn_blocking(move || {
             let text = crate::config::read(&path)?;
             let sha = crate::config::sha256_hex(text.as_bytes());
@@ -218,7 +218,7 @@ impl Reloader {
         trigger: &str,
         compiled: Duration,
     ) -> Result<u64, LocatedErrors> {
-        let began = std::time::Instant::now();
+        let began = tokio::time::Instant::now();
         // Plan.
         let restart = restart_keys(current, &snap);
         if !restart.is_empty() {
