@@ -346,7 +346,7 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<ParsedAnswer>, &'static str> {
         } else if name.eq_ignore_ascii_case("x-request-id") {
             has_request_id = true;
         }
-        keep.push(line);
+        super::head::keep_range(&mut keep, line);
     }
     // Strip the final CRLF of the blank line: our headers go before it.
     let informational = (100..200).contains(&status);
