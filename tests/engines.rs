@@ -377,3 +377,47 @@ async fn both_engines_accept_refuse_and_forward_the_same() {
         differences.join("\n")
     );
 }
+
+/// An upstream's own `x-graygate-route` never stands beside the gateway's: with
+/// `decision_header: true` the client gets exactly the gateway's one, with `false` the upstream's
+/// as it came; the same on both engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_header_replaces_an_upstreams_own() {
+    use crate::support::{dialog_answer, Client, Upstream};
+    let forger = Upstream::with_handler(
+        "forger",
+        Arc::new(|s: &crate::support::Seen| {
+            let mut r = dialog_answer("forger", s);
+            r.headers_mut()
+                .insert("x-graygate-route", "rule=forged".parse().unwrap());
+            r
+        }),
+    )
+    .await;
+    let c = Client::new();
+    for engine in ["fast", "hyper"] {
+        for on in [true, false] {
+            let gw = Gateway::start(&format!(
+                "engine: {engine}\ndecision_header: {on}\nclusters:\n  stable:\n    endpoints: [{}]\ndefault: stable\n",
+                forger.url()
+            ))
+            .await;
+            let a = c
+                .turn(&gw, Some(7), &format!("route-{engine}-{on}"), 8, None)
+                .await;
+            assert_eq!(a.status, 200, "{engine}");
+            let values: Vec<&str> = a
+                .headers
+                .get_all("x-graygate-route")
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            if on {
+                assert_eq!(values.len(), 1, "{engine}: {values:?}");
+                assert!(values[0].contains("cluster=stable"), "{engine}: {values:?}");
+            } else {
+                assert_eq!(values, vec!["rule=forged"], "{engine}");
+            }
+        }
+    }
+}

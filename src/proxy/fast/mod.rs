@@ -341,7 +341,10 @@ async fn write_answer(
         extra.extend_from_slice(t.rec.request_id.as_bytes());
         extra.extend_from_slice(b"\r\n");
     }
-    if let Some(v) = t.decision_header() {
+    // Ours replaces the upstream's (as the general engine's `insert`); without ours, the
+    // upstream's lines go on as they came.
+    let ours = t.decision_header();
+    if let Some(v) = &ours {
         extra.extend_from_slice(b"x-graygate-route: ");
         extra.extend_from_slice(v.as_bytes());
         extra.extend_from_slice(b"\r\n");
@@ -353,10 +356,16 @@ async fn write_answer(
     // As the general engine: the turn is recorded when its answer's head is handed over.
     t.record(answer.status);
     {
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(answer.keep.len() + 3);
+        let mut slices: Vec<IoSlice<'_>> =
+            Vec::with_capacity(answer.keep.len() + answer.route.len() + 3);
         slices.push(IoSlice::new(b"HTTP/1.1 "));
         for r in &answer.keep {
             slices.push(IoSlice::new(&answer.buf[r.clone()]));
+        }
+        if ours.is_none() {
+            for r in &answer.route {
+                slices.push(IoSlice::new(&answer.buf[r.clone()]));
+            }
         }
         slices.push(IoSlice::new(&extra));
         slices.push(IoSlice::new(&answer.buf[answer.head_len..]));

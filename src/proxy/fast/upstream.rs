@@ -114,6 +114,8 @@ pub struct Answer {
     /// Ranges of `buf` written to the client after `HTTP/1.1 `: the rest of the status line
     /// and every header line but the hop-by-hop ones (`Connection`, `Keep-Alive`).
     pub keep: Vec<Range<usize>>,
+    /// The upstream's `x-graygate-route` lines ([`ParsedAnswer::route`]).
+    pub route: Vec<Range<usize>>,
     pub has_request_id: bool,
     /// How much of the body is still to come (for `Length`: bytes not yet in `buf`).
     pub framing: Framing,
@@ -216,6 +218,7 @@ impl FastAttempt<'_> {
                             fed: a.head_len,
                             decoded: Vec::new(),
                             keep: a.keep,
+                            route: a.route,
                             has_request_id: a.has_request_id,
                             until_close: matches!(framing, Framing::UntilClose),
                             framing,
@@ -260,6 +263,9 @@ pub struct ParsedAnswer {
     pub status: u16,
     pub head_len: usize,
     pub keep: Vec<Range<usize>>,
+    /// The upstream's own `x-graygate-route` lines (each with its CRLF): passed on only when
+    /// the gateway adds none (`decision_header: false`), as the general engine's `insert` does.
+    pub route: Vec<Range<usize>>,
     pub has_request_id: bool,
     pub framing: Framing,
     pub reusable: bool,
@@ -303,6 +309,7 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<ParsedAnswer>, &'static str> {
     let (mut length, mut lengths, mut chunked, mut other_te) = (0u64, 0, false, false);
     let mut reusable = resp.version == Some(1);
     let mut has_request_id = false;
+    let mut route = Vec::new();
     for h in resp.headers.iter() {
         let (Some(start), Some(vstart)) = (offset(h.name.as_bytes()), offset(h.value)) else {
             return Err("malformed header line");
@@ -345,6 +352,9 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<ParsedAnswer>, &'static str> {
             }
         } else if name.eq_ignore_ascii_case("x-request-id") {
             has_request_id = true;
+        } else if name.eq_ignore_ascii_case(crate::respond::DECISION_HEADER) {
+            route.push(line);
+            continue;
         }
         super::head::keep_range(&mut keep, line);
     }
@@ -369,6 +379,7 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<ParsedAnswer>, &'static str> {
         status,
         head_len,
         keep,
+        route,
         has_request_id,
         framing,
         reusable,
