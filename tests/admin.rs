@@ -24,10 +24,7 @@ async fn probes_config_and_explain() {
             .status,
         200
     );
-    let cfg = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json();
+    let cfg = gw.admin_json("/admin/config").await;
     assert_eq!(cfg["generation"], 1);
     assert_eq!(cfg["sha256"].as_str().unwrap().len(), 64);
     assert!(cfg["last_reload_error"].is_null());
@@ -110,10 +107,7 @@ async fn reload_answers_200_or_422_and_keeps_the_running_config() {
         .unwrap()
         .contains("unknown cluster `nowhere`"));
     assert!(errs[0]["line"].as_u64().unwrap() > 1 && errs[0]["column"].as_u64().unwrap() > 1);
-    let cfg = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json();
+    let cfg = gw.admin_json("/admin/config").await;
     assert_eq!(cfg["generation"], 1, "the running config stays");
     assert!(cfg["last_reload_error"][0]["message"]
         .as_str()
@@ -148,11 +142,7 @@ async fn reload_answers_200_or_422_and_keeps_the_running_config() {
             .await
             > 1.7e9
     );
-    assert!(c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json()["last_reload_error"]
-        .is_null());
+    assert!(gw.admin_json("/admin/config").await["last_reload_error"].is_null());
     assert_eq!(
         c.turn(&gw, Some(101), "r2", 8, None).await.upstream(),
         Some("canary")

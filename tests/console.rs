@@ -15,11 +15,7 @@ async fn history_holds_start_good_reload_and_bad_reload_newest_first() {
     );
     let gw = Gateway::start(&two_clusters(&stable, &canary, RULES)).await;
     let c = Client::new();
-    let history = || async {
-        c.request("GET", &gw.admin_url("/admin/history"), &[], "")
-            .await
-            .json()
-    };
+    let history = || async { gw.admin_json("/admin/history").await };
     let h = history().await;
     let ev = h["events"].as_array().unwrap();
     assert_eq!(ev.len(), 1, "{h}");
@@ -105,10 +101,7 @@ async fn admin_config_shows_configured_and_observed_shares_of_new_calls() {
         c.turn(&gw, Some(101), &format!("t-{k}"), 9, Some("1"))
             .await;
     }
-    let cfg = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json();
+    let cfg = gw.admin_json("/admin/config").await;
     assert_eq!(cfg["observed_window_seconds"], 300);
     let rule = |name: &str| {
         cfg["rules"]
@@ -750,10 +743,7 @@ async fn history_holds_start_good_reload_bad_reload_and_rollout_abort_in_order()
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 
-    let h = c
-        .request("GET", &gw.admin_url("/admin/history"), &[], "")
-        .await
-        .json();
+    let h = gw.admin_json("/admin/history").await;
     let ev = h["events"].as_array().unwrap();
     let kinds: Vec<&str> = ev.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(

@@ -12,10 +12,8 @@ fn stable_only(up: &Upstream) -> String {
     )
 }
 
-async fn generation(c: &Client, gw: &Gateway) -> u64 {
-    c.request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json()["generation"]
+async fn generation(gw: &Gateway) -> u64 {
+    gw.admin_json("/admin/config").await["generation"]
         .as_u64()
         .unwrap()
 }
@@ -55,7 +53,7 @@ async fn a_failed_reload_reports_every_error_of_the_file() {
     assert!(text[2].contains("does not compile"), "{text:?}");
     assert!(text[3].contains("unknown cluster `nowhere`"), "{text:?}");
     assert!(text[4].contains("unknown key `colour`"), "{text:?}");
-    assert_eq!(generation(&c, &gw).await, 1);
+    assert_eq!(generation(&gw).await, 1);
     let a = c.turn(&gw, Some(101), "still-1", 8, None).await;
     assert_eq!(a.upstream(), Some("stable"));
 }
@@ -110,11 +108,7 @@ async fn hostile_files_are_refused_and_change_nothing() {
     let up = Upstream::start("stable").await;
     let gw = Gateway::start(&stable_only(&up)).await;
     let c = Client::new();
-    let sha = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json()["sha256"]
-        .clone();
+    let sha = gw.admin_json("/admin/config").await["sha256"].clone();
     let cases: [(&str, String, &str); 6] = [
         ("alias bomb", alias_bomb(&up), "aliases expanded"),
         ("deep flow", deep_flow(&up), "nesting deeper than 32 levels"),
@@ -145,10 +139,7 @@ async fn hostile_files_are_refused_and_change_nothing() {
             !body.contains("hunter2"),
             "{what}: the password is repeated"
         );
-        let cfg = c
-            .request("GET", &gw.admin_url("/admin/config"), &[], "")
-            .await
-            .json();
+        let cfg = gw.admin_json("/admin/config").await;
         assert_eq!(cfg["generation"], 1, "{what}");
         assert_eq!(cfg["sha256"], sha, "{what}");
         let a = c.turn(&gw, None, &format!("hostile-{what}"), 8, None).await;
@@ -307,10 +298,7 @@ async fn a_reload_whose_second_cluster_cannot_be_prepared_changes_nothing() {
     );
     assert_eq!(err["path"], "clusters.b-second", "{err}");
     assert_eq!(err["line"], 7, "{err}");
-    let cfg = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json();
+    let cfg = gw.admin_json("/admin/config").await;
     assert_eq!(cfg["generation"], 1);
     let a = cluster(&cfg, "a-first");
     assert_eq!(a["timeout_ms"], 5000, "{a}");
@@ -400,9 +388,7 @@ async fn the_same_file_reloaded_twice_is_200_and_changes_nothing() {
         assert_eq!(r.json()["generation"], 1);
     }
     let history = || async {
-        c.request("GET", &gw.admin_url("/admin/history"), &[], "")
-            .await
-            .json()["events"]
+        gw.admin_json("/admin/history").await["events"]
             .as_array()
             .unwrap()
             .clone()
@@ -441,25 +427,16 @@ async fn a_failed_reload_records_the_hash_of_the_bytes_it_compiled() {
     let bytes = std::fs::read(&gw.path).unwrap();
     let r = c.post(&gw.admin_url("/admin/reload"), "").await;
     assert_eq!(r.status, 422);
-    let cfg = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json();
+    let cfg = gw.admin_json("/admin/config").await;
     assert_eq!(cfg["last_reload_error_sha256"], sha256_hex(&bytes), "{cfg}");
-    let ev = c
-        .request("GET", &gw.admin_url("/admin/history"), &[], "")
-        .await
-        .json();
+    let ev = gw.admin_json("/admin/history").await;
     assert_eq!(ev["events"][0]["kind"], "reload_failed", "{ev}");
     assert_eq!(ev["events"][0]["sha256"], sha256_hex(&bytes), "{ev}");
     gw.write_config(&stable_only(&up).replace("5s", "6s"));
     let r = c.post(&gw.admin_url("/admin/reload"), "").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.json()["generation"], 2);
-    let cfg = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json();
+    let cfg = gw.admin_json("/admin/config").await;
     assert!(cfg["last_reload_error_sha256"].is_null(), "{cfg}");
 }
 
@@ -558,19 +535,13 @@ async fn a_restart_only_key_is_named_and_the_plan_shows_what_changed() {
     );
     let r = c.post(&gw.admin_url("/admin/reload"), "").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let cfg = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json();
+    let cfg = gw.admin_json("/admin/config").await;
     assert_eq!(
         cfg["restart_needed"],
         serde_json::json!(["limits (connection-level)"]),
         "{cfg}"
     );
-    let ev = c
-        .request("GET", &gw.admin_url("/admin/history"), &[], "")
-        .await
-        .json();
+    let ev = gw.admin_json("/admin/history").await;
     let changes = &ev["events"][0]["plan"]["changes"];
     assert_eq!(
         changes["clusters_changed"],

@@ -108,16 +108,10 @@ async fn pins_hold_when_rules_change() {
         Some("canary")
     );
     // A pin records the generation that created it.
-    let p = c
-        .request("GET", &gw.admin_url("/admin/pins/new-1"), &[], "")
-        .await
-        .json();
+    let p = gw.admin_json("/admin/pins/new-1").await;
     assert_eq!(p["generation"], 2);
     assert_eq!(p["cluster"], "stable");
-    let p = c
-        .request("GET", &gw.admin_url("/admin/pins/keep-1"), &[], "")
-        .await
-        .json();
+    let p = gw.admin_json("/admin/pins/keep-1").await;
     assert_eq!(p["generation"], 1);
 }
 
@@ -256,10 +250,7 @@ async fn outaction_10_without_hangup_keeps_the_pin_for_end_grace() {
     c.turn(&gw, Some(1), "g1", 8, None).await;
     let a = c.turn(&gw, Some(1), "g1", 9, Some("bye")).await;
     assert_eq!(a.json()["outaction"], 10);
-    let p = c
-        .request("GET", &gw.admin_url("/admin/pins/g1"), &[], "")
-        .await
-        .json();
+    let p = gw.admin_json("/admin/pins/g1").await;
     assert_eq!(p["ending"], true);
     assert!(
         eventually(Duration::from_secs(5), || async {

@@ -421,10 +421,7 @@ async fn a_reload_with_new_listener_certificates_applies_them() {
     gw.write_config(&yaml(&new.cert_file, &new.key_file));
     let r = c.post(&gw.admin_url("/admin/reload"), "").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let cfg = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json();
+    let cfg = gw.admin_json("/admin/config").await;
     assert_eq!(cfg["restart_needed"], serde_json::json!([]), "{cfg}");
     assert_eq!(
         turn_over_tls(gw.dialog, new_pki.ca_der(), None).await,

@@ -144,10 +144,7 @@ async fn sequential_turns_share_one_upstream_connection() {
         "20 turns in a row over one kept connection"
     );
     // The operator sees it waiting in /admin/config.
-    let cfg = c
-        .request("GET", &gw.admin_url("/admin/config"), &[], "")
-        .await
-        .json();
+    let cfg = gw.admin_json("/admin/config").await;
     let ep = &cfg["clusters"][0]["endpoints"][0];
     assert_eq!(ep["idle_connections"], 1, "{ep}");
 }

@@ -104,32 +104,50 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
+    const ENDPOINT: &str = "http://192.0.2.1:80";
+
+    /// A turn checking out of `gate` in a task of its own, with `secs` of connect timeout.
+    fn turn<C, Fut>(
+        gate: &Arc<ConnectGate>,
+        secs: u64,
+        take: impl FnMut() -> Option<C> + Send + 'static,
+        connect: impl FnMut() -> Fut + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<(C, bool), UpstreamError>>
+    where
+        C: Send + 'static,
+        Fut: Future<Output = Result<C, UpstreamError>> + Send,
+    {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            let timeout = Duration::from_secs(secs);
+            let endpoint: Arc<str> = Arc::from(ENDPOINT);
+            gate.checkout(&endpoint, Instant::now() + timeout, timeout, take, connect)
+                .await
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_burst_opens_at_most_max_connecting_at_once_and_every_turn_is_served() {
         let gate = Arc::new(ConnectGate::default());
         let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let endpoint: Arc<str> = Arc::from("http://192.0.2.1:80");
         let mut turns = Vec::new();
         for _ in 0..MAX_CONNECTING + 8 {
-            let (gate, now, most, endpoint) =
-                (gate.clone(), now.clone(), most.clone(), endpoint.clone());
-            turns.push(tokio::spawn(async move {
-                let give_up = Instant::now() + Duration::from_secs(1);
-                gate.checkout(
-                    &endpoint,
-                    give_up,
-                    Duration::from_secs(1),
-                    || None::<()>,
-                    || async {
+            let (now, most) = (now.clone(), most.clone());
+            turns.push(turn(
+                &gate,
+                1,
+                || None::<()>,
+                move || {
+                    let (now, most) = (now.clone(), most.clone());
+                    async move {
                         let n = now.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(n, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         now.fetch_sub(1, Ordering::SeqCst);
                         Ok(())
-                    },
-                )
-                .await
-            }));
+                    }
+                },
+            ));
         }
         for t in turns {
             assert_eq!(t.await.unwrap().unwrap(), ((), false));
@@ -142,39 +160,19 @@ mod tests {
     async fn a_waiting_turn_takes_a_returned_connection_and_gives_up_by_its_deadline() {
         let gate = Arc::new(ConnectGate::default());
         let idle: Arc<Mutex<Vec<u32>>> = Arc::default();
-        let endpoint: Arc<str> = Arc::from("http://192.0.2.1:80");
         // Every slot busy with a connect that hangs.
-        let mut hung = Vec::new();
-        for _ in 0..MAX_CONNECTING {
-            let (gate, endpoint) = (gate.clone(), endpoint.clone());
-            hung.push(tokio::spawn(async move {
-                let give_up = Instant::now() + Duration::from_secs(60);
-                gate.checkout(
-                    &endpoint,
-                    give_up,
-                    Duration::from_secs(60),
-                    || None::<u32>,
-                    std::future::pending,
-                )
-                .await
-            }));
-        }
+        let hung: Vec<_> = (0..MAX_CONNECTING)
+            .map(|_| turn(&gate, 60, || None::<u32>, std::future::pending))
+            .collect();
         tokio::task::yield_now().await;
         assert_eq!(gate.free_slots(), 0);
-        let waiter = {
-            let (gate, idle, endpoint) = (gate.clone(), idle.clone(), endpoint.clone());
-            tokio::spawn(async move {
-                let give_up = Instant::now() + Duration::from_secs(1);
-                gate.checkout(
-                    &endpoint,
-                    give_up,
-                    Duration::from_secs(1),
-                    || idle.lock().unwrap().pop(),
-                    || async { panic!("no slot was free") },
-                )
-                .await
-            })
-        };
+        let from = idle.clone();
+        let waiter = turn(
+            &gate,
+            1,
+            move || from.lock().unwrap().pop(),
+            || async { panic!("no slot was free") },
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         idle.lock().unwrap().push(7);
         gate.returned();
@@ -182,15 +180,14 @@ mod tests {
 
         // Nothing returned: the wait ends with the turn's connect_timeout, as an error.
         let start = Instant::now();
-        let r = gate
-            .checkout(
-                &endpoint,
-                start + Duration::from_secs(1),
-                Duration::from_secs(1),
-                || None::<u32>,
-                || async { panic!("no slot was free") },
-            )
-            .await;
+        let r = turn(
+            &gate,
+            1,
+            || None::<u32>,
+            || async { panic!("no slot was free") },
+        )
+        .await
+        .unwrap();
         let Err(UpstreamError::Connect { reason, .. }) = r else {
             panic!("expected a connect error, got {r:?}");
         };

@@ -97,6 +97,14 @@ impl Gateway {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// GET an admin path and read its JSON answer.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        Client::new()
+            .request("GET", &self.admin_url(path), &[], "")
+            .await
+            .json()
+    }
+
     /// Rewrite routes.yaml (loopback listen/admin kept).
     pub fn write_config(&self, yaml: &str) {
         std::fs::write(&self.path, with_loopback(yaml)).unwrap();
