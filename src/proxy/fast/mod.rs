@@ -344,15 +344,7 @@ async fn write_answer(
     // Ours replaces the upstream's (as the general engine's `insert`); without ours, the
     // upstream's lines go on as they came.
     let ours = t.decision_header();
-    if let Some(v) = &ours {
-        extra.extend_from_slice(b"x-graygate-route: ");
-        extra.extend_from_slice(v.as_bytes());
-        extra.extend_from_slice(b"\r\n");
-    }
-    if close {
-        extra.extend_from_slice(b"connection: close\r\n");
-    }
-    extra.extend_from_slice(b"\r\n");
+    end_head(&mut extra, ours.as_ref(), close);
     // As the general engine: the turn is recorded when its answer's head is handed over.
     t.record(answer.status);
     {
@@ -376,6 +368,21 @@ async fn write_answer(
     let done = answer.copy_rest(client, t.deadline).await?;
     answer.finish(done);
     Ok(done && !close)
+}
+
+/// The last lines of every head the fast path writes to a client: the decision header (when
+/// `decision_header` is on), `connection: close` when the connection ends after this answer,
+/// and the blank line.
+fn end_head(head: &mut Vec<u8>, route: Option<&HeaderValue>, close: bool) {
+    if let Some(v) = route {
+        head.extend_from_slice(b"x-graygate-route: ");
+        head.extend_from_slice(v.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
 }
 
 /// The gateway's own answer (§3), on the fast path: the same head and body as the general
@@ -403,15 +410,7 @@ async fn answer_error(
     head.extend_from_slice(b"\r\nx-request-id: ");
     head.extend_from_slice(t.rec.request_id.as_bytes());
     head.extend_from_slice(b"\r\n");
-    if let Some(v) = t.decision_header() {
-        head.extend_from_slice(b"x-graygate-route: ");
-        head.extend_from_slice(v.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    if close {
-        head.extend_from_slice(b"connection: close\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    end_head(&mut head, t.decision_header().as_ref(), close);
     t.record(status.as_u16());
     let mut slices = [IoSlice::new(&head), IoSlice::new(&body)];
     write_all_vectored(client, &mut slices).await
