@@ -295,7 +295,7 @@ async fn dialog(
     let mut attempt = FastAttempt::new(read, dh, total, t.peer, &t.rec.request_id, t.rec.trace);
     let mut answer = t.forward(&mut attempt).await?;
     drop(attempt);
-    let peek = if (200..300).contains(&answer.status) {
+    let peek = if (200..300).contains(&answer.head.status) {
         answer
             .read_whole(t.deadline, ANSWER_PEEK_MAX)
             .await?
@@ -304,7 +304,7 @@ async fn dialog(
     } else {
         Default::default()
     };
-    t.settle_pin(answer.status, peek).await;
+    t.settle_pin(answer.head.status, peek).await;
     Ok(Some(answer))
 }
 
@@ -336,7 +336,7 @@ async fn write_answer(
 ) -> std::io::Result<bool> {
     let close = close || answer.until_close;
     let mut extra = Vec::with_capacity(160);
-    if !answer.has_request_id {
+    if !answer.head.has_request_id {
         extra.extend_from_slice(b"x-request-id: ");
         extra.extend_from_slice(t.rec.request_id.as_bytes());
         extra.extend_from_slice(b"\r\n");
@@ -346,21 +346,21 @@ async fn write_answer(
     let ours = t.decision_header();
     end_head(&mut extra, ours.as_ref(), close);
     // As the general engine: the turn is recorded when its answer's head is handed over.
-    t.record(answer.status);
+    t.record(answer.head.status);
     {
         let mut slices: Vec<IoSlice<'_>> =
-            Vec::with_capacity(answer.keep.len() + answer.route.len() + 3);
+            Vec::with_capacity(answer.head.keep.len() + answer.head.route.len() + 3);
         slices.push(IoSlice::new(b"HTTP/1.1 "));
-        for r in &answer.keep {
+        for r in &answer.head.keep {
             slices.push(IoSlice::new(&answer.buf[r.clone()]));
         }
         if ours.is_none() {
-            for r in &answer.route {
+            for r in &answer.head.route {
                 slices.push(IoSlice::new(&answer.buf[r.clone()]));
             }
         }
         slices.push(IoSlice::new(&extra));
-        slices.push(IoSlice::new(&answer.buf[answer.head_len..]));
+        slices.push(IoSlice::new(&answer.buf[answer.head.head_len..]));
         write_all_vectored(client, &mut slices).await?;
     }
     // The rest of a body too large (or too slow) to have been read whole, each read from the

@@ -107,18 +107,11 @@ pub enum Framing {
 
 /// An upstream answer on the fast path.
 pub struct Answer {
-    pub status: u16,
+    /// The parsed head, its ranges into `buf`; its `framing` says how much of the body is
+    /// still to come (for `Length`: bytes not yet in `buf`).
+    pub head: ParsedAnswer,
     /// The upstream connection's read buffer: the head, then what arrived of the body.
     pub buf: BytesMut,
-    pub head_len: usize,
-    /// Ranges of `buf` written to the client after `HTTP/1.1 `: the rest of the status line
-    /// and every header line but the hop-by-hop ones (`Connection`, `Keep-Alive`).
-    pub keep: Vec<Range<usize>>,
-    /// The upstream's `x-graygate-route` lines ([`ParsedAnswer::route`]).
-    pub route: Vec<Range<usize>>,
-    pub has_request_id: bool,
-    /// How much of the body is still to come (for `Length`: bytes not yet in `buf`).
-    pub framing: Framing,
     /// The body ends when the upstream closes: the client connection closes after it.
     pub until_close: bool,
     /// Bytes of `buf` already given to the chunk reader.
@@ -127,8 +120,6 @@ pub struct Answer {
     decoded: Vec<u8>,
     stream: Option<TcpStream>,
     home: Arc<RawConns>,
-    /// The upstream may keep the connection (no `Connection: close`, HTTP/1.1).
-    reusable: bool,
     endpoint: Arc<str>,
 }
 
@@ -136,7 +127,7 @@ impl Attempt for FastAttempt<'_> {
     type Answer = Answer;
 
     fn status(answer: &Answer) -> u16 {
-        answer.status
+        answer.head.status
     }
 
     fn can_resend(&self) -> bool {
@@ -203,29 +194,23 @@ impl FastAttempt<'_> {
                         let _ = buf.split_to(a.head_len);
                         continue;
                     }
-                    Ok(Some(a)) => {
+                    Ok(Some(mut a)) => {
                         let have = (buf.len() - a.head_len) as u64;
-                        let framing = match a.framing {
+                        match a.framing {
                             Framing::Length(n) if have > n => {
                                 return Err(broken("more bytes than its content-length".into()))
                             }
-                            Framing::Length(n) => Framing::Length(n - have),
-                            f => f,
-                        };
+                            Framing::Length(n) => a.framing = Framing::Length(n - have),
+                            _ => {}
+                        }
                         return Ok(Answer {
-                            status: a.status,
-                            head_len: a.head_len,
                             fed: a.head_len,
                             decoded: Vec::new(),
-                            keep: a.keep,
-                            route: a.route,
-                            has_request_id: a.has_request_id,
-                            until_close: matches!(framing, Framing::UntilClose),
-                            framing,
+                            until_close: matches!(a.framing, Framing::UntilClose),
+                            head: a,
                             buf,
                             stream: Some(stream),
                             home: endpoint.raw.clone(),
-                            reusable: a.reusable,
                             endpoint: endpoint.url.clone(),
                         });
                     }
@@ -262,12 +247,16 @@ enum Whole {
 pub struct ParsedAnswer {
     pub status: u16,
     pub head_len: usize,
+    /// Ranges of the buffer written to the client after `HTTP/1.1 `: the rest of the status
+    /// line and every header line but the hop-by-hop ones (`Connection`, `Keep-Alive`) and
+    /// `x-graygate-route`.
     pub keep: Vec<Range<usize>>,
     /// The upstream's own `x-graygate-route` lines (each with its CRLF): passed on only when
     /// the gateway adds none (`decision_header: false`), as the general engine's `insert` does.
     pub route: Vec<Range<usize>>,
     pub has_request_id: bool,
     pub framing: Framing,
+    /// The upstream may keep the connection (no `Connection: close`, HTTP/1.1).
     pub reusable: bool,
     pub informational: bool,
 }
@@ -397,7 +386,7 @@ impl Answer {
         max: usize,
     ) -> Result<Option<&[u8]>, GatewayError> {
         match tokio::time::timeout_at(deadline, self.read_whole_inner(max)).await {
-            Ok(Ok(Whole::InBuffer)) => Ok(Some(&self.buf[self.head_len..])),
+            Ok(Ok(Whole::InBuffer)) => Ok(Some(&self.buf[self.head.head_len..])),
             Ok(Ok(Whole::Decoded(d))) => {
                 self.decoded = d;
                 Ok(Some(&self.decoded))
@@ -415,9 +404,9 @@ impl Answer {
             return Ok(Whole::TooLarge);
         };
         let broke = |e: String| GatewayError::Upstream(format!("the answer broke off: {e}"));
-        match &mut self.framing {
+        match &mut self.head.framing {
             Framing::Length(n) => {
-                let have = self.buf.len() - self.head_len;
+                let have = self.buf.len() - self.head.head_len;
                 if have as u64 + *n > max as u64 {
                     return Ok(Whole::TooLarge);
                 }
@@ -451,7 +440,7 @@ impl Answer {
                         }
                         return Ok(Whole::Decoded(data));
                     }
-                    if self.buf.len() - self.head_len > max {
+                    if self.buf.len() - self.head.head_len > max {
                         return Ok(Whole::TooLarge);
                     }
                     self.buf.reserve(4096);
@@ -465,7 +454,7 @@ impl Answer {
                 }
             }
             Framing::UntilClose => loop {
-                if self.buf.len() - self.head_len > max {
+                if self.buf.len() - self.head.head_len > max {
                     return Ok(Whole::TooLarge);
                 }
                 self.buf.reserve(4096);
@@ -475,7 +464,7 @@ impl Answer {
                     .map_err(|e| broke(e.to_string()))?;
                 if k == 0 {
                     self.stream = None;
-                    self.framing = Framing::Length(0);
+                    self.head.framing = Framing::Length(0);
                     return Ok(Whole::InBuffer);
                 }
             },
@@ -492,12 +481,12 @@ impl Answer {
         deadline: Instant,
     ) -> std::io::Result<bool> {
         let Some(up) = self.stream.as_mut() else {
-            return Ok(matches!(self.framing, Framing::Length(0)));
+            return Ok(matches!(self.head.framing, Framing::Length(0)));
         };
         let mut chunk = vec![0u8; 16 * 1024];
         // What is in the buffer was written already; a chunk reader that has not seen all of
         // it reads it first, to know where it stands.
-        if let Framing::Chunked(c) = &mut self.framing {
+        if let Framing::Chunked(c) = &mut self.head.framing {
             let used = c
                 .feed(&self.buf[self.fed..], |_| {})
                 .map_err(std::io::Error::other)?;
@@ -507,7 +496,7 @@ impl Answer {
             }
         }
         loop {
-            let want = match &self.framing {
+            let want = match &self.head.framing {
                 Framing::Length(0) => return Ok(true),
                 Framing::Length(n) => (*n).min(chunk.len() as u64) as usize,
                 _ => chunk.len(),
@@ -522,12 +511,12 @@ impl Answer {
                 }
             };
             if k == 0 {
-                let ended = matches!(self.framing, Framing::UntilClose);
+                let ended = matches!(self.head.framing, Framing::UntilClose);
                 self.stream = None;
                 return Ok(ended);
             }
             let mut end = k;
-            match &mut self.framing {
+            match &mut self.head.framing {
                 Framing::Length(n) => *n -= k as u64,
                 Framing::Chunked(c) => {
                     end = c.feed(&chunk[..k], |_| {}).map_err(std::io::Error::other)?;
@@ -535,7 +524,7 @@ impl Answer {
                 Framing::UntilClose => {}
             }
             client.write_all(&chunk[..end]).await?;
-            if let Framing::Chunked(c) = &self.framing {
+            if let Framing::Chunked(c) = &self.head.framing {
                 if c.is_done() {
                     return Ok(end == k);
                 }
@@ -546,13 +535,13 @@ impl Answer {
     /// The answer has been handled: the upstream connection goes back to its endpoint when
     /// the body ended as framed and the upstream keeps connections; else it is closed.
     pub fn finish(mut self, ended: bool) {
-        let complete = match &self.framing {
+        let complete = match &self.head.framing {
             Framing::Length(n) => *n == 0,
             Framing::Chunked(c) => c.is_done(),
             Framing::UntilClose => false,
         };
         if let Some(s) = self.stream.take() {
-            if ended && complete && self.reusable {
+            if ended && complete && self.head.reusable {
                 self.home.put(s);
             } else {
                 tracing::trace!(endpoint = %self.endpoint, "upstream connection not kept");
